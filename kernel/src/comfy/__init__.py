@@ -1,0 +1,1 @@
+"""comfyui's kernel: hook specifications, graph execution, caching, configuration and paths."""
