@@ -1,0 +1,1 @@
+"""Clients of comfyui: embedded (in-process) and, with the server plugin, remote."""

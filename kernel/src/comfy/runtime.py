@@ -1,0 +1,51 @@
+"""Bringing the kernel up and down: configuration, paths, plugins, nodes and the transport together."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import pluggy
+
+from comfy.cli_args_types import Configuration
+from comfy.nodes.registry import NodeRegistry, build_node_registry
+from comfy.transport import InProcessTransport, Transport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """One running kernel, the context the embedded client, the launcher and the server share."""
+    configuration: Configuration
+    plugin_manager: pluggy.PluginManager
+    registry: NodeRegistry
+    transport: Transport
+
+    @classmethod
+    def start(cls, configuration: Optional[Configuration] = None,
+              plugin_manager: Optional[pluggy.PluginManager] = None) -> "Runtime":
+        from comfy import cli_args, paths
+        from comfy.legacy import install_legacy_modules
+        from comfy.plugins import get_plugin_manager, set_plugin_manager
+
+        if configuration is None:
+            configuration = cli_args.args
+        pm = plugin_manager or get_plugin_manager()
+        # Legacy module-level APIs (folder_paths, nodes) answer for the most recently started kernel.
+        set_plugin_manager(pm)
+        paths.configure_paths(configuration)
+        install_legacy_modules(pm)
+        registry = build_node_registry(pm, configuration)
+        transport = pm.hook.comfyui_make_transport(configuration=configuration) or InProcessTransport(
+            registry, configuration)
+        pm.hook.comfyui_startup(configuration=configuration)
+        return cls(configuration, pm, registry, transport)
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            self.plugin_manager.hook.comfyui_shutdown(configuration=self.configuration)
+
+
