@@ -84,8 +84,8 @@ def collect(pm: pluggy.PluginManager, hook_name: str, add: Callable[..., None]) 
     registry can name both plugins when a name is registered twice.
     """
     hook = getattr(pm.hook, hook_name)
-    # get_hookimpls lists in reverse call order; registering in plugin load order reads naturally.
-    for impl in reversed(hook.get_hookimpls()):
+    # get_hookimpls lists in registration order (pluggy calls them last-first); registries keep load order.
+    for impl in hook.get_hookimpls():
         source = plugin_source(pm, impl.plugin_name)
 
         def register(*args: Any, _source: str = source, **kwargs: Any) -> None:
