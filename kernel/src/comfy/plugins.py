@@ -1,7 +1,6 @@
 """The plugin manager: loads ``comfyui.plugins`` entry points and gathers what plugins register."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -10,8 +9,6 @@ import pluggy
 from comfy import hookspecs
 
 ENTRY_POINT_GROUP = "comfyui.plugins"
-# Comma-separated plugin names to block, for environments where no command line is at hand.
-DISABLE_ENV = "COMFYUI_DISABLE_PLUGINS"
 
 _plugin_manager: Optional[pluggy.PluginManager] = None
 
@@ -38,15 +35,14 @@ def create_plugin_manager(disabled: Iterable[str] = (), load_entrypoints: bool =
     return pm
 
 
-def disabled_from_environment() -> list[str]:
-    return [name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()]
-
-
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, created on first use."""
     global _plugin_manager
     if _plugin_manager is None:
-        _plugin_manager = create_plugin_manager(disabled_from_environment())
+        from comfy.configuration import disabled_plugins
+
+        # The host's command line is not ours; the environment and config files still apply.
+        _plugin_manager = create_plugin_manager(disabled_plugins([]))
     return _plugin_manager
 
 

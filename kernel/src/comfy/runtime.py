@@ -26,12 +26,16 @@ class Runtime:
     def start(cls, configuration: Optional[Configuration] = None,
               plugin_manager: Optional[pluggy.PluginManager] = None) -> "Runtime":
         from comfy import cli_args, paths
+        from comfy.configuration import default_configuration
         from comfy.legacy import install_legacy_modules
         from comfy.plugins import get_plugin_manager, set_plugin_manager
 
+        pm = plugin_manager or get_plugin_manager()
         if configuration is None:
             configuration = cli_args.args
-        pm = plugin_manager or get_plugin_manager()
+        else:
+            # A partial configuration (a few options set by hand) is completed with the defaults.
+            configuration = Configuration({**default_configuration(pm), **configuration})
         # Legacy module-level APIs (folder_paths, nodes) answer for the most recently started kernel.
         set_plugin_manager(pm)
         paths.configure_paths(configuration)
