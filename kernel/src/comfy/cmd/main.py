@@ -88,6 +88,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(configuration, "list_plugins", False):
         print(list_plugins_text(pm))
         return 0
+    if getattr(configuration, "create_directories", False):
+        from comfy import paths
+
+        paths.configure_paths(configuration)  # creates the folders when the option is set
+        return 0
     workflows = getattr(configuration, "workflows", None)
     if workflows:
         return asyncio.run(run_workflows(configuration, workflows))
