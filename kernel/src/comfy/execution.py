@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import itertools
 import logging
 import math
 import time
@@ -185,6 +186,9 @@ class PromptExecutor:
         finally:
             leave_execution(run.context, token)
             self.context = None
+            # Like ComfyUI's object cache, keep the instances of this prompt's nodes only.
+            if len(self.instances) > len(run.prompt):
+                self.instances = {key: instance for key, instance in self.instances.items() if key[0] in run.prompt}
 
     def run_coroutine(self, awaitable: Any) -> Any:
         """Async node functions run to completion on this executor's own event loop."""
@@ -211,8 +215,10 @@ class _Run:
         self.executed: list[str] = []
         self.ui_outputs: dict[str, dict[str, Any]] = {}
         self.meta: dict[str, dict[str, Any]] = {}
+        # Expanded nodes: their parent, the node the UI shows them as, and the prompt node they came from.
         self.parents: dict[str, str] = {}
         self.display: dict[str, str] = {}
+        self.real: dict[str, str] = {}
         # Nodes that returned an expansion, with their raw per-call results awaiting resolution.
         self.pending_expansions: dict[str, tuple[list[tuple], list[dict]]] = {}
         # Nodes already looked up in the cache during this run.
@@ -251,8 +257,12 @@ class _Run:
         for name, value in node["inputs"].items():
             if is_link(value):
                 parts.append((name, self.signatures[str(value[0])], value[1]))
-            else:
+            elif _is_plain(value):
                 parts.append((name, value))
+            else:
+                # An object constant (a tensor an expansion passed on, say) may repr like another one:
+                # as in ComfyUI, a node given one is never served from the cache.
+                return _unique_signature()
         if plan.not_idempotent:
             parts.append(("#node", node_id))
         if plan.has_is_changed:
@@ -264,8 +274,9 @@ class _Run:
 
     def _is_changed(self, node_id: str, node: dict[str, Any], node_class: type, plan: _ClassPlan) -> Any:
         """IS_CHANGED's answer over the constant inputs; None means 'always run'."""
-        arguments = {name: [value] for name, value in node["inputs"].items()
-                     if not is_link(value) and name in plan.declared}
+        # Only constants count: like ComfyUI, linked inputs are passed as None.
+        arguments = {name: [None] if is_link(value) else [value] for name, value in node["inputs"].items()
+                     if name in plan.declared}
         arguments.update(self._hidden_inputs(node_id, plan))
         try:
             answers = _map_over_lists(node_class, "IS_CHANGED", arguments, plan.input_is_list, self.executor)
@@ -325,7 +336,10 @@ class _Run:
         return ExecutionOutcome("success", self.ui_outputs, self.meta)
 
     def _stage_from_cache(self, roots: list[str]) -> list[str]:
-        """Fill results from the cache for every needed node whose signature is cached; list them."""
+        """Fill results from the cache for every needed node whose signature is cached; list them.
+
+        Nodes behind a cached node are listed too when cached, as ComfyUI's ``execution_cached`` does.
+        """
         cached = []
         seen = self.checked
         seen.update(roots)
@@ -334,7 +348,6 @@ class _Run:
             node_id = stack.pop()
             if self._take_from_cache(node_id):
                 cached.append(node_id)
-                continue
             for value in self.prompt[node_id]["inputs"].values():
                 if is_link(value):
                     source = str(value[0])
@@ -354,15 +367,16 @@ class _Run:
 
     def _report_cached_ui(self, node_id: str) -> None:
         ui = self.ui_outputs.get(node_id)
-        self._record_meta(node_id)
         if ui is not None:
+            self._record_meta(node_id)
             self.emit("executed", {"node": node_id, "display_node": self.display.get(node_id, node_id),
                                    "output": ui, "prompt_id": self.prompt_id})
 
     def _record_meta(self, node_id: str) -> None:
-        parent = self.parents.get(node_id)
+        """History's ``meta`` entry, kept (as in ComfyUI) for the nodes that have UI output."""
         self.meta[node_id] = {"node_id": node_id, "display_node": self.display.get(node_id, node_id),
-                              "parent_node": parent, "real_node_id": node_id}
+                              "parent_node": self.parents.get(node_id),
+                              "real_node_id": self.real.get(node_id, node_id)}
 
     def _blocking_sources(self, node_id: str, plan: Optional[_ClassPlan]) -> list[str]:
         node = self.prompt[node_id]
@@ -488,8 +502,8 @@ class _Run:
         ui = _merge_ui(uis) if uis else None
         if ui is not None:
             self.ui_outputs[node_id] = ui
+            self._record_meta(node_id)
         self.executed.append(node_id)
-        self._record_meta(node_id)
         if expansions:
             self.pending_expansions[node_id] = (values, uis)
             try:
@@ -524,6 +538,7 @@ class _Run:
                 self.prompt[new_id] = node
                 self.parents[new_id] = parent_id
                 self.display[new_id] = node.get("override_display_id") or display
+                self.real[new_id] = self.real.get(parent_id, parent_id)
                 new_ids.append(new_id)
         self._compute_signatures(new_ids)
         outputs = [node_id for node_id in new_ids
@@ -575,14 +590,27 @@ class _Run:
         return ExecutionOutcome(status, self.ui_outputs, self.meta, payload)
 
 
-_unique_counter = 0
+# next() on a count is atomic, so executors on several threads never share a signature.
+_unique_counter = itertools.count(1)
 
 
 def _unique_signature() -> bytes:
     """A signature equal to nothing else, for nodes that must always run."""
-    global _unique_counter
-    _unique_counter += 1
-    return b"#unique" + _unique_counter.to_bytes(8, "big")
+    return b"#unique" + next(_unique_counter).to_bytes(8, "big")
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``repr`` tells this constant apart from every other (JSON-like data does; objects may not)."""
+    if isinstance(value, _PLAIN_TYPES):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
 
 
 def _map_over_lists(target: Any, function_name: str, data: dict[str, list[Any]], input_is_list: bool,

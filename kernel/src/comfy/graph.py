@@ -95,14 +95,14 @@ def input_type_name(spec_type: Any) -> str:
 
 
 def types_compatible(received: str, expected: str) -> bool:
-    """ComfyUI's rule: ``*`` matches anything, comma-separated names are alternatives."""
+    """ComfyUI's rule: ``*`` on either side matches anything; comma unions match when they share a name."""
     if received == expected or received == "*" or expected == "*":
         return True
     if "," not in received and "," not in expected:
         return False
     received_set = {name.strip() for name in received.split(",")}
     expected_set = {name.strip() for name in expected.split(",")}
-    return bool(received_set & expected_set) and (received_set <= expected_set or expected_set <= received_set)
+    return not received_set.isdisjoint(expected_set)
 
 
 class _ClassInfo:
@@ -132,8 +132,18 @@ def _spec_options(spec: Any) -> dict[str, Any]:
     return {}
 
 
+def _spec_type(spec: Any) -> Any:
+    return spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+
+
+def _input_config(spec: Any) -> list[Any]:
+    """The ``[type, options]`` pair ComfyUI reports as ``input_config`` (a list, as JSON has it)."""
+    spec_type = _spec_type(spec)
+    return [list(spec_type) if isinstance(spec_type, tuple) else spec_type, _spec_options(spec)]
+
+
 def _combo_choices(spec: Any) -> Optional[list[Any]]:
-    spec_type = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    spec_type = _spec_type(spec)
     if isinstance(spec_type, (list, tuple)):
         return list(spec_type)
     if spec_type == "COMBO":
@@ -146,35 +156,41 @@ _CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 def _check_constant(name: str, value: Any, spec: Any, skip_builtin: bool,
                     inputs: dict[str, Any]) -> list[ErrorItem]:
-    spec_type = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-    options = _spec_options(spec)
-    errors: list[ErrorItem] = []
+    if isinstance(value, dict) and "__value__" in value:
+        # The frontend wraps list-valued widgets this way, since a bare list would read as a link.
+        inputs[name] = value = value["__value__"]
+    spec_type = _spec_type(spec)
     converter = _CONVERTERS.get(spec_type) if isinstance(spec_type, str) else None
     if converter is not None:
         try:
             # A JSON float for an INT input is accepted as ComfyUI does, by conversion.
             converted = converter(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             return [error_item("invalid_input_type", f"Failed to convert an input value to a {spec_type} value",
-                               f"{name}, {value}, {exc}", input_name=name, input_config=spec,
+                               f"{name}, {value}, {exc}", input_name=name, input_config=_input_config(spec),
                                received_value=value, exception_message=str(exc))]
         inputs[name] = value = converted
     if skip_builtin:
-        return errors
-    if converter is not None and spec_type in ("INT", "FLOAT"):
+        return []
+    options = _spec_options(spec)
+    if spec_type in ("INT", "FLOAT"):
         minimum, maximum = options.get("min"), options.get("max")
         if minimum is not None and value < minimum:
-            errors.append(error_item("value_smaller_than_min", f"Value {value} smaller than min of {minimum}", name,
-                                     input_name=name, input_config=spec, received_value=value))
+            return [error_item("value_smaller_than_min", f"Value {value} smaller than min of {minimum}", name,
+                               input_name=name, input_config=_input_config(spec), received_value=value)]
         if maximum is not None and value > maximum:
-            errors.append(error_item("value_bigger_than_max", f"Value {value} bigger than max of {maximum}", name,
-                                     input_name=name, input_config=spec, received_value=value))
+            return [error_item("value_bigger_than_max", f"Value {value} bigger than max of {maximum}", name,
+                               input_name=name, input_config=_input_config(spec), received_value=value)]
     choices = _combo_choices(spec)
     if choices is not None and value not in choices:
-        shown = choices if len(choices) <= 20 else choices[:20] + ["..."]
-        errors.append(error_item("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
-                                 input_name=name, input_config=spec, received_value=value))
-    return errors
+        # Like ComfyUI, long lists (model folders) are summarised rather than sent back whole.
+        if len(choices) > 20:
+            shown, config = f"(list of length {len(choices)})", None
+        else:
+            shown, config = str(choices), _input_config(spec)
+        return [error_item("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
+                           input_name=name, input_config=config, received_value=value)]
+    return []
 
 
 class Validator:
@@ -185,6 +201,7 @@ class Validator:
 
     def validate(self, prompt: Prompt, partial_execution_targets: Optional[list[str]] = None) -> ValidatedPrompt:
         classes = self.registry.classes
+        targets = set(map(str, partial_execution_targets)) if partial_execution_targets is not None else None
         outputs: list[str] = []
         for node_id, node in prompt.items():
             class_type = node.get("class_type")
@@ -194,15 +211,14 @@ class Validator:
                                         "Cannot execute because a node is missing the class_type property.",
                                         f"Node ID '#{node_id}'"),
                     "node_errors": {}})
-            node_class = classes.get(class_type)
+            node_class = classes.get(class_type) if isinstance(class_type, str) else None
             if node_class is None:
                 raise PromptValidationError({
                     "error": error_item("invalid_prompt",
                                         f"Cannot execute because node {class_type} does not exist.",
-                                        f"Node ID '#{node_id}'", node_id=node_id, class_type=class_type),
+                                        f"Node ID '#{node_id}'"),
                     "node_errors": {}})
-            if getattr(node_class, "OUTPUT_NODE", False) is True and (
-                    partial_execution_targets is None or node_id in partial_execution_targets):
+            if getattr(node_class, "OUTPUT_NODE", False) is True and (targets is None or node_id in targets):
                 outputs.append(node_id)
         if not outputs:
             raise PromptValidationError({"error": error_item("prompt_no_outputs", "Prompt has no outputs"),
@@ -215,20 +231,37 @@ class Validator:
             errors = self._validate_node(prompt, node_id, infos)
             if errors:
                 own_errors[node_id] = errors
-        for node_id, errors in self._cycle_errors(prompt, order).items():
+        sources = {node_id: [source for source in self._links(prompt[node_id]) if source in prompt]
+                   for node_id in order}
+        topological, stuck = _topological_order(sources)
+        for node_id, errors in _cycle_errors(sources, stuck).items():
             own_errors.setdefault(node_id, []).extend(errors)
+        if not own_errors:
+            return ValidatedPrompt(prompt, outputs)
 
+        # A node downstream of an error fails too, but only nodes with errors of their own are reported.
+        failing = set(own_errors) | stuck
+        for node_id in topological:
+            if node_id not in failing and not failing.isdisjoint(sources[node_id]):
+                failing.add(node_id)
         node_errors: dict[str, NodeErrors] = {}
         good_outputs = []
         for output_id in outputs:
-            failing = [n for n in self._upstream(prompt, output_id) if n in own_errors] if own_errors else []
-            if not failing:
+            if output_id not in failing:
                 good_outputs.append(output_id)
                 continue
-            for node_id in failing:
-                entry = node_errors.setdefault(node_id, {"errors": own_errors[node_id], "dependent_outputs": [],
-                                                         "class_type": prompt[node_id]["class_type"]})
-                entry["dependent_outputs"].append(output_id)
+            seen = {output_id}
+            stack = [output_id]
+            while stack:
+                node_id = stack.pop()
+                if node_id in own_errors:
+                    entry = node_errors.setdefault(node_id, {"errors": own_errors[node_id], "dependent_outputs": [],
+                                                             "class_type": prompt[node_id]["class_type"]})
+                    entry["dependent_outputs"].append(output_id)
+                for source in sources[node_id]:
+                    if source in failing and source not in seen:
+                        seen.add(source)
+                        stack.append(source)
         if not good_outputs:
             details = "\n".join(f"{e['message']}: {e['details']}" for entry in node_errors.values()
                                 for e in entry["errors"])
@@ -259,31 +292,6 @@ class Validator:
                     stack.append(source)
         return order
 
-    def _upstream(self, prompt: Prompt, root: str) -> list[str]:
-        return self._reachable_in_order(prompt, [root])
-
-    def _cycle_errors(self, prompt: Prompt, nodes: list[str]) -> dict[str, list[ErrorItem]]:
-        """Kahn's algorithm over the reachable nodes: whatever never becomes free is on or behind a cycle."""
-        waiting = {node_id: 0 for node_id in nodes}
-        dependents: dict[str, list[str]] = {}
-        for node_id in nodes:
-            for source in self._links(prompt[node_id]):
-                if source in waiting:
-                    waiting[node_id] += 1
-                    dependents.setdefault(source, []).append(node_id)
-        free = [node_id for node_id, count in waiting.items() if count == 0]
-        while free:
-            for dependent in dependents.get(free.pop(), ()):
-                waiting[dependent] -= 1
-                if waiting[dependent] == 0:
-                    free.append(dependent)
-        stuck = sorted(node_id for node_id, count in waiting.items() if count > 0)
-        if not stuck:
-            return {}
-        details = f"Nodes in or behind a cycle: {', '.join(stuck[:50])}"
-        return {node_id: [error_item("dependency_cycle", "Dependency cycle detected", details, node_ids=stuck[:50])]
-                for node_id in stuck}
-
     def _validate_node(self, prompt: Prompt, node_id: str, infos: dict[type, _ClassInfo]) -> list[ErrorItem]:
         node = prompt[node_id]
         node_class = self.registry.classes[node["class_type"]]
@@ -299,6 +307,8 @@ class Validator:
         errors: list[ErrorItem] = []
         received_types: dict[str, str] = {}
         validate_params = info.validate_params
+        # A validator that asks for input_types judges link types itself, as in ComfyUI.
+        check_types = validate_params is None or "input_types" not in validate_params
         for name, (required, spec) in info.inputs.items():
             if name not in inputs:
                 if required:
@@ -307,24 +317,24 @@ class Validator:
                 continue
             value = inputs[name]
             if isinstance(value, list):
-                errors.extend(self._check_link(prompt, name, value, spec, received_types, infos))
+                errors.extend(self._check_link(prompt, name, value, spec, received_types, infos, check_types))
                 continue
-            skip_builtin = validate_params is not None and (name in validate_params or info.validate_takes_kwargs)
+            skip_builtin = validate_params is not None and name in validate_params
             errors.extend(_check_constant(name, value, spec, skip_builtin, inputs))
         if validate_params is not None and not errors:
             errors.extend(self._custom_validation(node_class, info, inputs, received_types))
         return errors
 
     def _check_link(self, prompt: Prompt, name: str, value: list, spec: Any, received_types: dict[str, str],
-                    infos: dict[type, _ClassInfo]) -> list[ErrorItem]:
+                    infos: dict[type, _ClassInfo], check_types: bool) -> list[ErrorItem]:
         if not is_link(value):
             return [error_item("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                               name, input_name=name, input_config=spec, received_value=value)]
+                               name, input_name=name, input_config=_input_config(spec), received_value=value)]
         source_id, slot = str(value[0]), value[1]
         source = prompt.get(source_id)
         if source is None:
             return [error_item("bad_linked_input", f"Linked node '{source_id}' does not exist in the prompt", name,
-                               input_name=name, input_config=spec, received_value=value)]
+                               input_name=name, input_config=_input_config(spec), received_value=value)]
         source_class = self.registry.classes[source["class_type"]]
         return_types = infos[source_class].return_types if source_class in infos else tuple(
             input_type_name(t) for t in getattr(source_class, "RETURN_TYPES", ()))
@@ -332,21 +342,22 @@ class Validator:
             return [error_item("bad_linked_input",
                                f"Linked output slot {slot} does not exist: node '{source_id}' "
                                f"({source['class_type']}) has {len(return_types)} outputs",
-                               name, input_name=name, input_config=spec, received_value=value)]
+                               name, input_name=name, input_config=_input_config(spec), received_value=value)]
         received = return_types[slot]
         received_types[name] = received
-        expected = input_type_name(spec[0] if isinstance(spec, (list, tuple)) and spec else spec)
-        if not types_compatible(received, expected):
+        expected = input_type_name(_spec_type(spec))
+        if check_types and not types_compatible(received, expected):
             return [error_item("return_type_mismatch", "Return type mismatch between linked nodes",
-                               f"{name}, {received} != {expected}", input_name=name, input_config=spec,
+                               f"{name}, {received} != {expected}", input_name=name, input_config=_input_config(spec),
                                received_type=received, linked_node=[source_id, slot])]
         return []
 
     @staticmethod
     def _custom_validation(node_class: type, info: _ClassInfo, inputs: dict[str, Any],
                            received_types: dict[str, str]) -> list[ErrorItem]:
-        arguments = {name: value for name, value in inputs.items()
-                     if not isinstance(value, list) and (info.validate_takes_kwargs or name in info.validate_params)}
+        # Linked inputs are not known before running: like ComfyUI, the validator gets None for them.
+        arguments = {name: None if isinstance(value, list) else value for name, value in inputs.items()
+                     if name in info.inputs and (info.validate_takes_kwargs or name in info.validate_params)}
         if "input_types" in info.validate_params:
             arguments["input_types"] = received_types
         try:
@@ -357,10 +368,55 @@ class Validator:
                                traceback=traceback.format_tb(exc.__traceback__))]
         if result is True:
             return []
-        names = ", ".join(arguments) or "inputs"
-        details = f"{names} - {result}" if isinstance(result, str) else names
-        return [error_item("custom_validation_failed", "Custom validation failed for node", details,
-                           input_name=next(iter(arguments), ""))]
+        suffix = "" if result is False else f" - {result}"
+        # One error per argument, as ComfyUI reports it, so each named widget is highlighted.
+        return [error_item("custom_validation_failed", "Custom validation failed for node", f"{name}{suffix}",
+                           input_name=name) for name in arguments or [""]]
+
+
+def _topological_order(sources: dict[str, list[str]]) -> tuple[list[str], set[str]]:
+    """Kahn's algorithm: the nodes sources first, and the ones that never become free (on or behind a cycle)."""
+    waiting = {node_id: len(node_sources) for node_id, node_sources in sources.items()}
+    dependents: dict[str, list[str]] = {}
+    for node_id, node_sources in sources.items():
+        for source in node_sources:
+            dependents.setdefault(source, []).append(node_id)
+    free = [node_id for node_id, count in waiting.items() if count == 0]
+    order = []
+    while free:
+        node_id = free.pop()
+        order.append(node_id)
+        for dependent in dependents.get(node_id, ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                free.append(dependent)
+    return order, {node_id for node_id, count in waiting.items() if count > 0}
+
+
+def _cycle_errors(sources: dict[str, list[str]], stuck: set[str]) -> dict[str, list[ErrorItem]]:
+    """Errors for the nodes on a cycle; nodes merely downstream of one fail without their own error."""
+    if not stuck:
+        return {}
+    # Peel stuck nodes no other stuck node depends on: they are behind a cycle, not on one.
+    dependents_left = dict.fromkeys(stuck, 0)
+    for node_id in stuck:
+        for source in sources[node_id]:
+            if source in stuck:
+                dependents_left[source] += 1
+    peel = [node_id for node_id, count in dependents_left.items() if count == 0]
+    on_cycle = set(stuck)
+    while peel:
+        node_id = peel.pop()
+        on_cycle.discard(node_id)
+        for source in sources[node_id]:
+            if source in stuck:
+                dependents_left[source] -= 1
+                if dependents_left[source] == 0:
+                    peel.append(source)
+    members = sorted(on_cycle)
+    details = f"Nodes in a cycle: {', '.join(members[:50])}"
+    return {node_id: [error_item("dependency_cycle", "Dependency cycle detected", details, node_ids=members[:50])]
+            for node_id in members}
 
 
 def _full_type_name(cls: type) -> str:
