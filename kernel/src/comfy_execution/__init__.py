@@ -1,0 +1,1 @@
+"""Execution helpers vanilla custom nodes import: graph building for node expansion, link tests."""
