@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from comfy.execution_context import (Emit, ExecutionContext, InterruptProcessingException, enter_execution,
                                      leave_execution)
-from comfy.graph import Prompt, is_link
+from comfy.graph import Prompt, full_type_name, is_link
 from comfy.nodes.registry import NodeRegistry
 
 logger = logging.getLogger(__name__)
@@ -139,11 +139,6 @@ def _format_value(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, bool, str)):
         return value
     return str(value)
-
-
-def _full_type_name(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
 
 
 class PromptExecutor:
@@ -581,7 +576,7 @@ class _Run:
             inputs = {name: [_format_value(v) for v in values] for name, values in (failure.inputs or {}).items()}
             payload = {"prompt_id": self.prompt_id, "node_id": node_id, "node_type": node_type,
                        "executed": list(self.executed), "exception_message": str(exception),
-                       "exception_type": _full_type_name(type(exception)),
+                       "exception_type": full_type_name(type(exception)),
                        "traceback": traceback.format_tb(exception.__traceback__),
                        "current_inputs": inputs, "current_outputs": list(self.results), "timestamp": now_ms()}
             self.emit("execution_error", payload)

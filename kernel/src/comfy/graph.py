@@ -301,7 +301,7 @@ class Validator:
                 info = infos[node_class] = _ClassInfo(node_class)
             except Exception as exc:  # a broken INPUT_TYPES is the node's error, reported as such
                 return [error_item("exception_during_validation", "Exception when validating node", str(exc),
-                                   exception_type=_full_type_name(type(exc)),
+                                   exception_type=full_type_name(type(exc)),
                                    traceback=traceback.format_tb(exc.__traceback__))]
         inputs = node["inputs"]
         errors: list[ErrorItem] = []
@@ -364,7 +364,7 @@ class Validator:
             result = node_class.VALIDATE_INPUTS(**arguments)
         except Exception as exc:  # the node's own validator failing is reported against the node
             return [error_item("exception_during_validation", "Exception when validating node", str(exc),
-                               exception_type=_full_type_name(type(exc)),
+                               exception_type=full_type_name(type(exc)),
                                traceback=traceback.format_tb(exc.__traceback__))]
         if result is True:
             return []
@@ -419,6 +419,7 @@ def _cycle_errors(sources: dict[str, list[str]], stuck: set[str]) -> dict[str, l
             for node_id in members}
 
 
-def _full_type_name(cls: type) -> str:
+def full_type_name(cls: type) -> str:
+    """An exception's type the way ComfyUI reports it: ``module.Qualname``, bare for builtins."""
     module = cls.__module__
     return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"

@@ -5,6 +5,7 @@ import copy
 import heapq
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypedDict
@@ -83,6 +84,8 @@ class PromptQueue:
             front: bool = False) -> QueueItem:
         extra_data = dict(extra_data or {})
         sensitive = {key: extra_data.pop(key) for key in SENSITIVE_EXTRA_DATA_KEYS if key in extra_data}
+        # Milliseconds since the epoch, as the fork records it: the jobs API sorts and times jobs by it.
+        extra_data.setdefault("create_time", int(time.time() * 1000))
         with self._lock:
             if self.max_size and len(self._pending) >= self.max_size:
                 raise QueueFullError(f"The queue is full: {len(self._pending)} prompts are waiting "

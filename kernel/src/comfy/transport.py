@@ -9,10 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import traceback
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
-from comfy.execution import CACHE_CLASSIC, CACHE_LRU, CACHE_NONE, ExecutionOutcome, PromptExecutor
-from comfy.graph import PromptValidationError, ValidatedPrompt, Validator, parse_prompt
+from comfy.execution import CACHE_CLASSIC, CACHE_LRU, CACHE_NONE, ExecutionOutcome, PromptExecutor, now_ms
+from comfy.graph import PromptValidationError, ValidatedPrompt, Validator, full_type_name, parse_prompt
 from comfy.nodes.registry import NodeRegistry
 from comfy.queue import HistoryStatus, PromptQueue, QueueItem
 
@@ -34,6 +35,10 @@ class PromptExecutionError(Exception):
         self.payload = payload
         super().__init__(f"{payload.get('exception_type')}: {payload.get('exception_message')} "
                          f"(node {payload.get('node_id')}, {payload.get('node_type')})")
+
+
+class TransportClosedError(Exception):
+    """The transport was closed before the prompt ran."""
 
 
 class PromptInterruptedError(PromptExecutionError):
@@ -59,6 +64,9 @@ class Transport(Protocol):
 
     def remove_listener(self, listener: Listener) -> None:
         ...
+
+    def delete(self, prompt_id: str) -> bool:
+        """Remove a pending prompt (its future is cancelled); False if it is not pending."""
 
     def interrupt(self, prompt_id: Optional[str] = None) -> None:
         """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
@@ -106,8 +114,13 @@ class InProcessTransport:
 
     def submit(self, prompt_id: str, validated: ValidatedPrompt, extra_data: Optional[dict[str, Any]] = None,
                number: Optional[float] = None, front: bool = False) -> "concurrent.futures.Future[ExecutionOutcome]":
+        if self._stopping.is_set():
+            raise TransportClosedError("the transport is closed")
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._futures_lock:
+            # One future per prompt id: a second submission would leave the first waiting forever.
+            if prompt_id in self._futures:
+                raise ValueError(f"prompt {prompt_id} is already queued")
             self._futures[prompt_id] = future
         try:
             self.queue.put(prompt_id, validated.prompt, extra_data, validated.outputs, number, front)
@@ -139,7 +152,8 @@ class InProcessTransport:
         with self._futures_lock:
             futures, self._futures = list(self._futures.values()), {}
         for future in futures:
-            future.cancel()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(TransportClosedError("the transport closed before the prompt ran"))
         self.executor.close()
 
     def _work(self) -> None:
@@ -157,7 +171,10 @@ class InProcessTransport:
             if event in STATUS_EVENTS:
                 messages.append([event, data])
             for listener in listeners:
-                listener(event, data, client_id)
+                try:
+                    listener(event, data, client_id)
+                except Exception:  # one broken listener must not fail the prompt or starve the others
+                    logger.exception("Listener %r failed on event %s of prompt %s", listener, event, item.prompt_id)
 
         try:
             outcome = self.executor.execute(item.prompt, item.prompt_id, item.full_extra_data(),
@@ -166,8 +183,9 @@ class InProcessTransport:
             logger.exception("The executor failed on prompt %s", item.prompt_id)
             outcome = ExecutionOutcome("error", error={
                 "prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
-                "exception_message": str(exc), "exception_type": type(exc).__name__, "traceback": [],
-                "current_inputs": {}, "current_outputs": []})
+                "exception_message": str(exc), "exception_type": full_type_name(type(exc)),
+                "traceback": traceback.format_tb(exc.__traceback__), "current_inputs": {}, "current_outputs": [],
+                "timestamp": now_ms()})
         status: HistoryStatus = {"status_str": "success" if outcome.status == "success" else "error",
                                  "completed": outcome.status == "success", "messages": messages}
         self.queue.task_done(item, outcome.outputs, status, outcome.meta)
@@ -186,4 +204,5 @@ def raise_for_outcome(outcome: ExecutionOutcome) -> None:
 
 
 __all__ = ["InProcessTransport", "Listener", "PromptExecutionError", "PromptInterruptedError",
-           "PromptValidationError", "Transport", "cache_settings", "raise_for_outcome", "validate"]
+           "PromptValidationError", "Transport", "TransportClosedError", "cache_settings", "raise_for_outcome",
+           "validate"]
