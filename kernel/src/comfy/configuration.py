@@ -184,11 +184,11 @@ def _add_kernel_options(parser: configargparse.ArgParser) -> None:
 
     custom_nodes = parser.add_argument_group("custom nodes")
     custom_nodes.add_argument("--disable-all-custom-nodes", action="store_true",
-                              help="Load no custom nodes from custom_nodes/ folders.")
+                              help="Load no custom nodes, neither from custom_nodes/ folders nor from installed packages.")
     custom_nodes.add_argument("--whitelist-custom-nodes", nargs="+", action=ListAction, default=[],
-                              help="Custom node folders to load even with --disable-all-custom-nodes.")
+                              help="Custom node folders or packages to load even with --disable-all-custom-nodes.")
     custom_nodes.add_argument("--blacklist-custom-nodes", nargs="+", action=ListAction, default=[],
-                              help="Custom node folders never to load; shell-style globs are accepted.")
+                              help="Custom node folders or packages never to load; shell-style globs are accepted.")
 
     parser.add_argument("--workflows", nargs="+", action=ListAction, default=[], metavar="FILE",
                         help="Run these API-format workflow files and print each one's outputs as a line "

@@ -21,6 +21,7 @@ from comfy.execution_context import (Emit, ExecutionContext, InterruptProcessing
                                      leave_execution)
 from comfy.graph import Prompt, full_type_name, is_link
 from comfy.nodes.registry import NodeRegistry
+from comfy_execution.graph_utils import GraphBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -475,7 +476,7 @@ class _Run:
         try:
             instance = self._instance(node_id, class_type)
             data = self._input_data(node_id, node, plan)
-            returned = _map_over_lists(instance, plan.function, data, plan.input_is_list, self.executor)
+            returned = _map_over_lists(instance, plan.function, data, plan.input_is_list, self.executor, node_id)
         except InterruptProcessingException as exc:
             raise _ExecutionError(node_id, exc, None) from exc
         except Exception as exc:
@@ -609,8 +610,12 @@ def _is_plain(value: Any) -> bool:
 
 
 def _map_over_lists(target: Any, function_name: str, data: dict[str, list[Any]], input_is_list: bool,
-                    executor: PromptExecutor) -> list[Any]:
-    """Call a node function once per list index (the last item repeats), or once with whole lists."""
+                    executor: PromptExecutor, expanding_node_id: Optional[str] = None) -> list[Any]:
+    """Call a node function once per list index (the last item repeats), or once with whole lists.
+
+    With ``expanding_node_id``, each call gets GraphBuilder ids prefixed by the node and call index,
+    so graphs a node expands into have stable ids from run to run (and cache as such).
+    """
     function: Callable[..., Any] = getattr(target, function_name)
     if input_is_list:
         calls = [data]
@@ -623,7 +628,13 @@ def _map_over_lists(target: Any, function_name: str, data: dict[str, list[Any]],
         else:
             calls = [{name: values[index if index < len(values) else -1] for name, values in data.items() if values}
                      for index in range(length)]
-    results = [function(**arguments) for arguments in calls]
+    if expanding_node_id is None:
+        results = [function(**arguments) for arguments in calls]
+    else:
+        results = []
+        for index, arguments in enumerate(calls):
+            GraphBuilder.set_default_prefix(expanding_node_id, index)
+            results.append(function(**arguments))
     if results and inspect.isawaitable(results[0]):
         async def gather() -> list[Any]:
             return list(await asyncio.gather(*results))

@@ -68,7 +68,7 @@ def build_node_registry(pm: pluggy.PluginManager, configuration: Any = None) -> 
     collect(pm, "comfyui_register_nodes",
             lambda source, name, node_class, display_name=None: registry.register(source, name, node_class,
                                                                                   display_name))
-    custom_nodes.load_custom_nodes(registry, configuration)
+    custom_nodes.load_custom_nodes(registry, configuration, pm=pm)
     set_current(registry)
     return registry
 
