@@ -21,7 +21,7 @@ from comfy.execution_context import (Emit, ExecutionContext, InterruptProcessing
                                      leave_execution)
 from comfy.graph import Prompt, full_type_name, is_link
 from comfy.nodes.registry import NodeRegistry
-from comfy_execution.graph_utils import GraphBuilder
+from comfy_execution.graph_utils import ExecutionBlocker, GraphBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class OutputCache:
 
 class _ClassPlan:
     """How to call one node class, derived once from its declaration."""
-    __slots__ = ("declared", "hidden", "lazy", "input_is_list", "output_is_list", "function", "is_output",
+    __slots__ = ("declared", "hidden", "lazy", "input_is_list", "output_is_list", "output_count", "function",
+                 "is_output",
                  "not_idempotent", "has_is_changed", "has_lazy_check")
 
     def __init__(self, node_class: type):
@@ -112,6 +113,7 @@ class _ClassPlan:
         self.hidden: dict[str, str] = dict(declared.get("hidden") or {})
         self.input_is_list = bool(getattr(node_class, "INPUT_IS_LIST", False))
         self.output_is_list = tuple(getattr(node_class, "OUTPUT_IS_LIST", ()) or ())
+        self.output_count = len(getattr(node_class, "RETURN_TYPES", ()) or ())
         self.function: str = node_class.FUNCTION
         self.is_output = getattr(node_class, "OUTPUT_NODE", False) is True
         self.not_idempotent = bool(getattr(node_class, "NOT_IDEMPOTENT", False))
@@ -476,6 +478,7 @@ class _Run:
         try:
             instance = self._instance(node_id, class_type)
             data = self._input_data(node_id, node, plan)
+            # The node id also marks this as the node's own function: blockers and GraphBuilder ids apply.
             returned = _map_over_lists(instance, plan.function, data, plan.input_is_list, self.executor, node_id)
         except InterruptProcessingException as exc:
             raise _ExecutionError(node_id, exc, None) from exc
@@ -486,7 +489,13 @@ class _Run:
         uis: list[dict] = []
         expansions: list[dict] = []
         for item in returned:
-            if isinstance(item, dict):
+            if isinstance(item, ExecutionBlocker):
+                # A blocked call passes the blocker on through every output to the consumers.
+                if item.message is not None and plan.is_output:
+                    self._report_blocked(node_id, class_type, item.message)
+                    item = ExecutionBlocker(None)
+                values.append((item,) * plan.output_count)
+            elif isinstance(item, dict):
                 if item.get("ui") is not None:
                     uis.append(item["ui"])
                 if "expand" in item:
@@ -508,6 +517,13 @@ class _Run:
                 raise _ExecutionError(node_id, exc, data) from exc
         self._store(node_id, plan, _merge_outputs(values, plan.output_is_list), ui)
         return []
+
+    def _report_blocked(self, node_id: str, class_type: str, message: str) -> None:
+        """ComfyUI tells the client about an output node blocked with a message, and carries on."""
+        self.emit("execution_error", {
+            "prompt_id": self.prompt_id, "node_id": node_id, "node_type": class_type, "executed": [],
+            "exception_message": f"Execution Blocked: {message}", "exception_type": "ExecutionBlocked",
+            "traceback": [], "current_inputs": [], "current_outputs": [], "timestamp": now_ms()})
 
     def _store(self, node_id: str, plan: _ClassPlan, outputs: list[list[Any]], ui: Optional[dict]) -> None:
         self.results[node_id] = outputs
@@ -633,13 +649,29 @@ def _map_over_lists(target: Any, function_name: str, data: dict[str, list[Any]],
     else:
         results = []
         for index, arguments in enumerate(calls):
+            blocker = _blocker_in(arguments, input_is_list)
+            if blocker is not None:
+                results.append(blocker)
+                continue
             GraphBuilder.set_default_prefix(expanding_node_id, index)
             results.append(function(**arguments))
-    if results and inspect.isawaitable(results[0]):
+    if any(inspect.isawaitable(result) for result in results):
         async def gather() -> list[Any]:
-            return list(await asyncio.gather(*results))
+            awaited = iter(await asyncio.gather(*(result for result in results if inspect.isawaitable(result))))
+            return [next(awaited) if inspect.isawaitable(result) else result for result in results]
         results = executor.run_coroutine(gather())
     return results
+
+
+def _blocker_in(arguments: dict[str, Any], input_is_list: bool) -> Optional[ExecutionBlocker]:
+    for value in arguments.values():
+        if isinstance(value, ExecutionBlocker):
+            return value
+        if input_is_list:
+            for item in value:
+                if isinstance(item, ExecutionBlocker):
+                    return item
+    return None
 
 
 def _merge_outputs(values: list[tuple], output_is_list: tuple) -> list[list[Any]]:
