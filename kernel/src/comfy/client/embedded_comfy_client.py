@@ -108,10 +108,19 @@ class Comfy:
     async def _submit(self, prompt: PromptLike, prompt_id: str, client_id: Optional[str],
                       partial_execution_targets: Optional[list[str]]) -> ExecutionOutcome:
         runtime = self.runtime
-        validated = validate(runtime.registry, prompt, partial_execution_targets)
+        # Validation calls nodes' VALIDATE_INPUTS (which may touch files) and walks big graphs: off the loop.
+        validated = await asyncio.to_thread(validate, runtime.registry, prompt, partial_execution_targets)
         extra_data = {"client_id": client_id} if client_id is not None else {}
-        future = runtime.transport.submit(prompt_id, validated, extra_data)
-        outcome = await asyncio.wrap_future(future)
+        transport = runtime.transport
+        future = transport.submit(prompt_id, validated, extra_data)
+        try:
+            # shield: cancelling this call must not cancel the future the worker thread completes.
+            outcome = await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            # Nobody waits for the prompt any more: drop it if it is still queued, else stop it.
+            if not transport.delete(prompt_id):
+                transport.interrupt(prompt_id)
+            raise
         raise_for_outcome(outcome)
         return outcome
 
@@ -142,19 +151,23 @@ class Comfy:
 
     @staticmethod
     def outputs_with_paths(outputs: dict[str, Any]) -> dict[str, Any]:
-        """Add ``abs_path`` to every saved file (an entry with filename, subfolder and type)."""
+        """A copy of ``outputs`` where every saved file (filename, subfolder, type) also has ``abs_path``.
+
+        A copy, because the originals are shared with the history and the cache, which keep ComfyUI's shape.
+        """
         from comfy import paths
 
-        for node_outputs in outputs.values():
-            for entries in node_outputs.values():
-                if not isinstance(entries, list):
-                    continue
-                for entry in entries:
-                    if isinstance(entry, dict) and "filename" in entry and "abs_path" not in entry:
-                        directory = paths.get_directory_by_type(entry.get("type", "output"))
-                        if directory is not None:
-                            entry["abs_path"] = os.path.join(directory, entry.get("subfolder", ""), entry["filename"])
-        return outputs
+        def with_path(entry: Any) -> Any:
+            if not isinstance(entry, dict) or "filename" not in entry or "abs_path" in entry:
+                return entry
+            directory = paths.get_directory_by_type(entry.get("type", "output"))
+            if directory is None:
+                return entry
+            return {**entry, "abs_path": os.path.join(directory, entry.get("subfolder", ""), entry["filename"])}
+
+        return {node_id: {key: [with_path(entry) for entry in value] if isinstance(value, list) else value
+                          for key, value in node_outputs.items()}
+                for node_id, node_outputs in outputs.items()}
 
 
 __all__ = ["Comfy", "ProgressNotification", "PromptResult", "TaskWithProgress"]
