@@ -355,6 +355,36 @@ class Fail:
         raise ValueError(message)
 
 
+class BadReturn:
+    """Returns a bare value instead of a tuple: a node bug the executor must report, not choke on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", INT_RANGE)}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "tests"
+
+    def run(self, value):
+        return value
+
+
+class UiOnly:
+    """Declares an output but returns only UI: consumers get None, as in ComfyUI."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", INT_RANGE)}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "tests"
+
+    def run(self, value):
+        return {"ui": {"value": [value]}}
+
+
 class Range:
     """OUTPUT_IS_LIST: one output that is a list of ``count`` items."""
 
@@ -594,6 +624,6 @@ class BrokenInputTypes:
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     cls.__name__: cls for cls in (
         Number, Add, Scale, Choice, Text, Show, ShowInt, Anything, IntOrString, WantsStringOrFloat, Even,
-        TypeAware, ValidatesLink, Stable, Volatile, Versioned, ChangedByLink, Switch, Fail, Range, Total, Double,
+        TypeAware, ValidatesLink, BadReturn, UiOnly, Stable, Volatile, Versioned, ChangedByLink, Switch, Fail, Range, Total, Double,
         CountDown, ExpandToShow, ShowBoxed, AsyncDouble, Hidden, Spin, Steps, Sleep, SaveText, BrokenInputTypes)
 }

@@ -17,7 +17,7 @@ from comfy.graph import PromptValidationError
 from comfy.legacy import uninstall_legacy_modules
 from comfy.nodes import registry as node_registry_module
 from comfy.plugins import create_plugin_manager, set_plugin_manager
-from comfy.transport import PromptExecutionError, PromptInterruptedError
+from comfy.transport import InProcessTransport, PromptExecutionError, PromptInterruptedError
 
 TIMEOUT = 20
 
@@ -32,13 +32,18 @@ class NodesForTestsPlugin:
 
 
 @pytest.fixture
-def comfy(tmp_path, calls):
+def plugin_manager(calls):
     pm = create_plugin_manager(load_entrypoints=False)
     pm.register(paths_plugin, "local_models")
     pm.register(NodesForTestsPlugin(), "test_nodes")
-    configuration = default_configuration(pm)
+    return pm
+
+
+@pytest.fixture
+def comfy(tmp_path, plugin_manager):
+    configuration = default_configuration(plugin_manager)
     configuration.base_directory = str(tmp_path)
-    yield Comfy(configuration, plugin_manager=pm)
+    yield Comfy(configuration, plugin_manager=plugin_manager)
     # Starting a kernel makes it the process-wide one; leave the next test a clean process.
     uninstall_legacy_modules()
     set_plugin_manager(None)
@@ -204,3 +209,41 @@ async def test_cancelling_a_waiting_call_removes_or_interrupts_its_prompt(comfy,
         assert "waiting" not in client.history.get_history()
         assert client.history.get_history("spin")["spin"]["status"]["messages"][-1][0] == "execution_interrupted"
     assert calls["Show"] == 1
+
+
+class LifecyclePlugin:
+    """Records the kernel's start-up and shutdown hooks, and supplies its own transport."""
+
+    def __init__(self):
+        self.calls = []
+        self.submitted = []
+
+    @hookspecs.hookimpl
+    def comfyui_startup(self, configuration):
+        self.calls.append("startup")
+
+    @hookspecs.hookimpl
+    def comfyui_shutdown(self, configuration):
+        self.calls.append("shutdown")
+
+    @hookspecs.hookimpl
+    def comfyui_make_transport(self, configuration):
+        plugin = self
+
+        class RecordingTransport(InProcessTransport):
+            def submit(self, prompt_id, validated, *args, **kwargs):
+                plugin.submitted.append(prompt_id)
+                return super().submit(prompt_id, validated, *args, **kwargs)
+
+        # The registry of the kernel being started is current by the time transports are made.
+        return RecordingTransport(node_registry_module.current(), configuration)
+
+
+async def test_startup_shutdown_and_transport_hooks(plugin_manager, comfy):
+    plugin = LifecyclePlugin()
+    plugin_manager.register(plugin, "lifecycle")
+    async with comfy as client:
+        assert plugin.calls == ["startup"]
+        assert await client.queue_prompt(show(1), prompt_id="through-plugin") == {"3": {"value": [2]}}
+    assert plugin.calls == ["startup", "shutdown"]
+    assert plugin.submitted == ["through-plugin"]

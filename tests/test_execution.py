@@ -419,6 +419,21 @@ def test_failing_node_reports_execution_error(executor, calls):
     assert calls == {"Show": 1}
 
 
+def test_malformed_node_result_fails_the_prompt_cleanly(executor):
+    outcome, events = run(executor, one("BadReturn", 3), prompt_id="bad-result")
+    assert outcome.status == "error"
+    assert outcome.error["node_id"] == "1" and outcome.error["node_type"] == "BadReturn"
+    assert outcome.error["exception_type"] == "TypeError"
+    assert events.names()[-2:] == ["execution_error", "executing"]
+    assert run(executor, one("Number", 3))[0].status == "success"
+
+
+def test_missing_output_reaches_consumers_as_none(executor):
+    outcome, _ = run(executor, one("UiOnly", 3))
+    assert outcome.status == "success", outcome.error
+    assert outcome.outputs == {"1": {"value": [3]}, "2": {"value": [None]}}
+
+
 def test_progress_events(executor):
     prompt = {"1": {"class_type": "Steps", "inputs": {"steps": 3}},
               "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}

@@ -306,7 +306,8 @@ class _Run:
         for name, value in node["inputs"].items():
             if is_link(value):
                 source = results.get(str(value[0]))
-                data[name] = source[value[1]] if source is not None else [None]
+                # A missing result (a lazy input not asked for, a node that returned no such output) is None.
+                data[name] = source[value[1]] if source is not None and value[1] < len(source) else [None]
             elif name in plan.declared:
                 data[name] = [value]
         if plan.hidden:
@@ -327,6 +328,9 @@ class _Run:
             self._run_graph(execute_outputs)
         except _ExecutionError as failure:
             return self._finish_with_error(failure)
+        except Exception as exc:
+            # A node's malformed result (or a fault of ours) still ends the prompt the way clients expect.
+            return self._finish_with_error(_ExecutionError(self.context.node_id, exc, None))
         finally:
             self.executor.cache.end_prompt(set(self.signatures.values()))
         emit("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
