@@ -247,3 +247,18 @@ async def test_startup_shutdown_and_transport_hooks(plugin_manager, comfy):
         assert await client.queue_prompt(show(1), prompt_id="through-plugin") == {"3": {"value": [2]}}
     assert plugin.calls == ["startup", "shutdown"]
     assert plugin.submitted == ["through-plugin"]
+
+
+class FailingStartupPlugin:
+    @hookspecs.hookimpl
+    def comfyui_startup(self, configuration):
+        raise RuntimeError("start-up failed")
+
+
+async def test_failed_start_leaves_no_worker_behind(plugin_manager, comfy):
+    plugin_manager.register(FailingStartupPlugin(), "failing")
+    before = len(worker_threads())
+    with pytest.raises(RuntimeError, match="start-up failed"):
+        async with comfy:
+            pass
+    assert len(worker_threads()) == before

@@ -152,7 +152,11 @@ class PromptQueue:
 
     def get_history(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None,
                     offset: int = -1) -> dict[str, HistoryEntry]:
-        """History as ``/history`` returns it: one prompt, or the newest ``max_items`` from ``offset``."""
+        """History as ``/history`` returns it: one prompt, or the newest ``max_items`` from ``offset``.
+
+        One prompt's entry is a copy; listings share the stored entries (read them, do not change them),
+        since copying thousands of prompts under the lock would stall the worker, as ComfyUI avoids too.
+        """
         with self._lock:
             if prompt_id is not None:
                 entry = self._history.get(prompt_id)
@@ -162,7 +166,7 @@ class PromptQueue:
                 offset = max(len(ids) - max_items, 0)
             offset = max(offset, 0)
             end = len(ids) if max_items is None else offset + max_items
-            return {key: copy.deepcopy(self._history[key]) for key in ids[offset:end]}
+            return {key: self._history[key] for key in ids[offset:end]}
 
     def delete_history_item(self, prompt_id: str) -> None:
         with self._lock:

@@ -43,7 +43,12 @@ class Runtime:
         registry = build_node_registry(pm, configuration)
         transport = pm.hook.comfyui_make_transport(configuration=configuration) or InProcessTransport(
             registry, configuration)
-        pm.hook.comfyui_startup(configuration=configuration)
+        try:
+            pm.hook.comfyui_startup(configuration=configuration)
+        except BaseException:
+            # The caller gets no Runtime to close: stop the worker the transport started.
+            transport.close()
+            raise
         return cls(configuration, pm, registry, transport)
 
     def close(self) -> None:
