@@ -101,6 +101,16 @@ async def test_invalid_prompt_raises_with_comfyuis_body(comfy):
             await task
 
 
+async def test_invalid_outputs_are_left_out_while_valid_ones_run(comfy, calls):
+    prompt = {**show(1),
+              "7": {"class_type": "Number", "inputs": {"value": 3}},
+              "8": {"class_type": "Choice", "inputs": {"color": "purple", "shape": "circle"}},
+              "9": {"class_type": "Show", "inputs": {"value": ["8", 0]}}}
+    async with comfy as client:
+        assert await client.queue_prompt(prompt) == {"3": {"value": [2]}}
+    assert calls["Choice"] == 0 and calls["Show"] == 1
+
+
 async def test_failing_node_raises_with_the_execution_error_payload(comfy):
     prompt = {"1": {"class_type": "Fail", "inputs": {"value": 1, "message": "broken node"}},
               "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
@@ -262,3 +272,14 @@ async def test_failed_start_leaves_no_worker_behind(plugin_manager, comfy):
         async with comfy:
             pass
     assert len(worker_threads()) == before
+
+
+async def test_twenty_thousand_node_chain(comfy):
+    prompt = {"0": {"class_type": "Number", "inputs": {"value": 0}}}
+    for index in range(1, 20_000):
+        prompt[str(index)] = {"class_type": "Add", "inputs": {"a": [str(index - 1), 0], "b": 1}}
+    prompt["out"] = {"class_type": "Show", "inputs": {"value": ["19999", 0]}}
+    async with comfy as client:
+        started = time.perf_counter()
+        assert await client.queue_prompt(json.dumps(prompt)) == {"out": {"value": [19_999]}}
+        assert time.perf_counter() - started < 20
