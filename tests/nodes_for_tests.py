@@ -517,6 +517,25 @@ class AsyncDouble:
         return (value * 2,)
 
 
+class AsyncFlaky:
+    """Fails at once for 0; other values finish a little later."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", INT_RANGE)}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "tests"
+
+    async def run(self, value):
+        if value == 0:
+            raise ValueError("zero")
+        await asyncio.sleep(0.05)
+        CALLS["AsyncFlaky"] += 1
+        return (value,)
+
+
 class Hidden:
     """An output node that shows what its hidden inputs received."""
 
@@ -625,5 +644,5 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     cls.__name__: cls for cls in (
         Number, Add, Scale, Choice, Text, Show, ShowInt, Anything, IntOrString, WantsStringOrFloat, Even,
         TypeAware, ValidatesLink, BadReturn, UiOnly, Stable, Volatile, Versioned, ChangedByLink, Switch, Fail, Range, Total, Double,
-        CountDown, ExpandToShow, ShowBoxed, AsyncDouble, Hidden, Spin, Steps, Sleep, SaveText, BrokenInputTypes)
+        CountDown, ExpandToShow, ShowBoxed, AsyncDouble, AsyncFlaky, Hidden, Spin, Steps, Sleep, SaveText, BrokenInputTypes)
 }

@@ -375,6 +375,18 @@ def test_async_node_functions(executor, calls):
     assert calls["AsyncDouble"] == 6
 
 
+def test_a_failing_async_call_cancels_its_siblings(executor, calls):
+    prompt = {"1": {"class_type": "Range", "inputs": {"count": 3, "start": 0}},
+              "2": {"class_type": "AsyncFlaky", "inputs": {"value": ["1", 0]}},
+              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    outcome, _ = run(executor, prompt)
+    assert outcome.status == "error" and outcome.error["exception_message"] == "zero"
+    # The next prompt's async node must not wake the failed prompt's other calls.
+    outcome, _ = run(executor, one("AsyncFlaky", 5))
+    assert outcome.status == "success"
+    assert calls["AsyncFlaky"] == 1
+
+
 def test_hidden_inputs(executor):
     prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
               "9": {"class_type": "Hidden", "inputs": {"value": ["1", 0]}}}

@@ -660,11 +660,25 @@ def _map_over_lists(target: Any, function_name: str, data: dict[str, list[Any]],
             GraphBuilder.set_default_prefix(expanding_node_id, index)
             results.append(function(**arguments))
     if any(inspect.isawaitable(result) for result in results):
-        async def gather() -> list[Any]:
-            awaited = iter(await asyncio.gather(*(result for result in results if inspect.isawaitable(result))))
-            return [next(awaited) if inspect.isawaitable(result) else result for result in results]
-        results = executor.run_coroutine(gather())
+        results = executor.run_coroutine(_await_all(results))
     return results
+
+
+async def _await_all(results: list[Any]) -> list[Any]:
+    """Await a node's coroutines concurrently, keeping call order.
+
+    If one fails the others are cancelled: left on the executor's loop they would wake up during a later prompt.
+    """
+    tasks = {index: asyncio.ensure_future(result) for index, result in enumerate(results)
+             if inspect.isawaitable(result)}
+    try:
+        await asyncio.gather(*tasks.values())
+    except BaseException:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        raise
+    return [tasks[index].result() if index in tasks else result for index, result in enumerate(results)]
 
 
 def _blocker_in(arguments: dict[str, Any], input_is_list: bool) -> Optional[ExecutionBlocker]:
