@@ -195,6 +195,15 @@ class Even:
         return (value,)
 
 
+class AsyncEven(Even):
+    """The same check, written as a coroutine."""
+
+    @classmethod
+    async def VALIDATE_INPUTS(cls, value):
+        await asyncio.sleep(0)
+        return True if value % 2 == 0 else f"{value} is odd"
+
+
 class TypeAware:
     """VALIDATE_INPUTS asks for input_types: it decides link types itself, so any type may arrive."""
 
@@ -642,7 +651,8 @@ class BrokenInputTypes:
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     cls.__name__: cls for cls in (
-        Number, Add, Scale, Choice, Text, Show, ShowInt, Anything, IntOrString, WantsStringOrFloat, Even,
-        TypeAware, ValidatesLink, BadReturn, UiOnly, Stable, Volatile, Versioned, ChangedByLink, Switch, Fail, Range, Total, Double,
-        CountDown, ExpandToShow, ShowBoxed, AsyncDouble, AsyncFlaky, Hidden, Spin, Steps, Sleep, SaveText, BrokenInputTypes)
+        Number, Add, Scale, Choice, Text, Show, ShowInt, Anything, IntOrString, WantsStringOrFloat, Even, AsyncEven,
+        TypeAware, ValidatesLink, BadReturn, UiOnly, Stable, Volatile, Versioned, ChangedByLink, Switch, Fail,
+        Range, Total, Double, CountDown, ExpandToShow, ShowBoxed, AsyncDouble, AsyncFlaky, Hidden, Spin, Steps,
+        Sleep, SaveText, BrokenInputTypes)
 }

@@ -45,8 +45,8 @@ def test_queue_items_are_comfyui_five_tuples():
     put(queue, "b")
     item = queue.get(0)
     running, pending = queue.get_current_queue()
-    assert running == [[item.number, "a", item.prompt, {"client_id": "c", "create_time": item.extra_data["create_time"]},
-                        ["1"]]]
+    extra_data = {"client_id": "c", "create_time": item.extra_data["create_time"]}
+    assert running == [[item.number, "a", item.prompt, extra_data, ["1"]]]
     assert len(pending) == 1 and len(pending[0]) == 5 and pending[0][1] == "b"
     assert isinstance(item.extra_data["create_time"], int)
     assert queue.get_tasks_remaining() == 2

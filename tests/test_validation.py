@@ -314,6 +314,20 @@ def test_custom_validation_failure_text(node_registry):
                      "details": "value - 3 is odd", "extra_info": {"input_name": "value"}}
 
 
+def test_async_custom_validation(node_registry):
+    prompt = {"1": {"class_type": "AsyncEven", "inputs": {"value": 4}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    assert validate(node_registry, prompt).outputs == ["2"]
+    prompt["1"]["inputs"]["value"] = 5
+    assert only_error(rejected(node_registry, prompt), "1")["details"] == "value - 5 is odd"
+
+
+async def test_async_custom_validation_from_a_running_loop(node_registry):
+    prompt = {"1": {"class_type": "AsyncEven", "inputs": {"value": 5}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    assert only_error(rejected(node_registry, prompt), "1")["details"] == "value - 5 is odd"
+
+
 def test_custom_validation_replaces_the_builtin_range_check(node_registry):
     # max is 10, but VALIDATE_INPUTS takes "value", so ComfyUI leaves the check to it.
     prompt = {"1": {"class_type": "Even", "inputs": {"value": 12}},

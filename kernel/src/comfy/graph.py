@@ -1,6 +1,8 @@
 """Validation of API-format prompts, with ComfyUI's error shapes; iterative so any depth works."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 import json
 import traceback
@@ -362,6 +364,8 @@ class Validator:
             arguments["input_types"] = received_types
         try:
             result = node_class.VALIDATE_INPUTS(**arguments)
+            if inspect.isawaitable(result):
+                result = _run_to_completion(result)
         except Exception as exc:  # the node's own validator failing is reported against the node
             return [error_item("exception_during_validation", "Exception when validating node", str(exc),
                                exception_type=full_type_name(type(exc)),
@@ -417,6 +421,20 @@ def _cycle_errors(sources: dict[str, list[str]], stuck: set[str]) -> dict[str, l
     details = f"Nodes in a cycle: {', '.join(members[:50])}"
     return {node_id: [error_item("dependency_cycle", "Dependency cycle detected", details, node_ids=members[:50])]
             for node_id in members}
+
+
+def _run_to_completion(awaitable: Any) -> Any:
+    """The result of an async validator, whether or not this thread is running an event loop."""
+    async def wait() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    # Called from a coroutine (a server validating on its loop): that loop is busy, so use another thread's.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="comfy-validate") as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def full_type_name(cls: type) -> str:
