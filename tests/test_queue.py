@@ -367,3 +367,13 @@ def test_close_stops_the_worker_and_fails_waiting_prompts(node_registry):
                    for thread in threading.enumerate())
     with pytest.raises(TransportClosedError):
         submit(transport, show(1), "late")
+
+
+def test_a_failing_queue_callback_does_not_stop_the_worker(transport, caplog):
+    def broken():
+        raise RuntimeError("callback bug")
+
+    transport.queue.on_change.append(broken)
+    assert submit(transport, show(1), "one").result(TIMEOUT).status == "success"
+    assert submit(transport, show(2), "two").result(TIMEOUT).status == "success"
+    assert "callback bug" in caplog.text

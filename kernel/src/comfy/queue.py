@@ -4,11 +4,14 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypedDict
+
+logger = logging.getLogger(__name__)
 
 # Keys of extra_data that carry credentials: kept out of everything /queue and /history return.
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -72,7 +75,10 @@ class PromptQueue:
 
     def _changed(self) -> None:
         for callback in list(self.on_change):
-            callback()
+            try:
+                callback()
+            except Exception:  # a listener's fault must not fail the put, get or task_done that triggered it
+                logger.exception("Queue change callback %r failed", callback)
 
     def next_number(self, front: bool = False) -> int:
         """The number a new prompt gets when the client gives none; ``front`` puts it first."""

@@ -149,18 +149,34 @@ class InProcessTransport:
         self._stopping.set()
         self.interrupt()
         self._worker.join(timeout=30)
+        if self._worker.is_alive():
+            logger.warning("A node ignores interruption; the prompt worker will stop once it returns")
         with self._futures_lock:
             futures, self._futures = list(self._futures.values()), {}
         for future in futures:
             if future.set_running_or_notify_cancel():
                 future.set_exception(TransportClosedError("the transport closed before the prompt ran"))
-        self.executor.close()
 
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            item = self.queue.get(timeout=0.2)
-            if item is not None:
-                self._run(item)
+        try:
+            while not self._stopping.is_set():
+                item = self.queue.get(timeout=0.2)
+                if item is None:
+                    continue
+                try:
+                    self._run(item)
+                except Exception as exc:  # e.g. a queue callback failing: fail this prompt, keep serving
+                    logger.exception("The prompt worker failed on prompt %s", item.prompt_id)
+                    self._fail(item.prompt_id, exc)
+        finally:
+            # The worker owns the executor (its event loop and caches): it frees them, even after a late stop.
+            self.executor.close()
+
+    def _fail(self, prompt_id: str, exc: BaseException) -> None:
+        with self._futures_lock:
+            future = self._futures.pop(prompt_id, None)
+        if future is not None and future.set_running_or_notify_cancel():
+            future.set_exception(exc)
 
     def _run(self, item: QueueItem) -> None:
         client_id = item.extra_data.get("client_id")
