@@ -155,7 +155,7 @@ async def test_work_runs_off_the_event_loop(comfy):
         ticker.cancel()
     assert outputs == {"2": {"value": [0.5]}}
     assert elapsed >= 0.5
-    assert ticks >= 20  # the loop ticked all along while the node slept
+    assert ticks >= 10  # the loop kept ticking while the node slept
 
 
 async def test_saved_files_get_an_absolute_path(comfy, tmp_path):
