@@ -66,6 +66,7 @@ async def server(base_dir: Path, server_args: list[str]) -> AsyncIterator[Runnin
                                          *server_args], pm)
     cli_args.set_configuration(configuration)
     runner = ServerRunner(configuration, pm)
+    modules_before = set(sys.modules)
     await runner.start()
     try:
         yield RunningServer(f"http://127.0.0.1:{runner.port}", runner, base_dir)
@@ -73,6 +74,17 @@ async def server(base_dir: Path, server_args: list[str]) -> AsyncIterator[Runnin
         await runner.stop()
         cli_args.set_configuration(None)
         set_plugin_manager(None)
+        forget_legacy_modules(pm, modules_before)
+
+
+def forget_legacy_modules(pm, modules_before: set[str]) -> None:
+    """Undo the legacy names (folder_paths, server...) the test pack imported, for the tests after ours."""
+    from comfy.legacy import legacy_module_table, uninstall_legacy_modules
+
+    for name in legacy_module_table(pm):
+        if name not in modules_before:
+            sys.modules.pop(name, None)
+    uninstall_legacy_modules()
 
 
 @pytest.fixture

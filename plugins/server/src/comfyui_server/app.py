@@ -29,6 +29,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "comfyui_server.routes.internal",
     "comfyui_server.routes.templates",
     "comfyui_server.routes.websocket",
+    "comfyui_server.routes.rest_api",
 )
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from comfyui_server.messages import (BinaryEventTypes, Client, EncodedPreview, binary_frame, dumps, encode_preview,
                                      progress_text_payload)
+from comfyui_server.logs import LogEntry, install_log_buffer, terminal_size
 from comfyui_server.progress import ProgressTracker
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class PromptServer:
         self.loop = loop
         runtime.transport.add_listener(self._on_execution_event)
         runtime.transport.queue.on_change.append(self.queue_updated)
+        install_log_buffer().listeners.append(self._on_log_entry)
 
     def detach(self) -> None:
         if self.runtime is not None:
@@ -76,6 +78,9 @@ class PromptServer:
             on_change = self.runtime.transport.queue.on_change
             if self.queue_updated in on_change:
                 on_change.remove(self.queue_updated)
+        listeners = install_log_buffer().listeners
+        if self._on_log_entry in listeners:
+            listeners.remove(self._on_log_entry)
 
     @property
     def prompt_queue(self) -> Any:
@@ -219,6 +224,13 @@ class PromptServer:
         if event == "execution_start" and "timestamp" not in data:
             data = {**data, "timestamp": int(time.time() * 1000)}
         self._post_threadsafe(dumps({"type": event, "data": data}), client_id)
+
+    def _on_log_entry(self, entry: LogEntry) -> None:
+        """Each new log line goes to the clients whose terminal panel subscribed."""
+        if self.log_subscribers:
+            message = {"entries": [entry], "size": terminal_size()}
+            for sid in list(self.log_subscribers):
+                self.send_sync("logs", message, sid)
 
     def _post_threadsafe(self, message: Outgoing, sid: Optional[str]) -> None:
         loop = self.loop
