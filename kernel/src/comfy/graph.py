@@ -1,8 +1,6 @@
 """Validation of API-format prompts, with ComfyUI's error shapes; iterative so any depth works."""
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import json
 import traceback
@@ -425,6 +423,10 @@ def _cycle_errors(sources: dict[str, list[str]], stuck: set[str]) -> dict[str, l
 
 def _run_to_completion(awaitable: Any) -> Any:
     """The result of an async validator, whether or not this thread is running an event loop."""
+    # Imported here: asyncio is heavy and few validators are coroutines.
+    import asyncio
+    import concurrent.futures
+
     async def wait() -> Any:
         return await awaitable
 
