@@ -188,6 +188,15 @@ def test_a_node_used_twice_runs_once(executor, calls):
     assert calls["Number"] == 1
 
 
+def test_wrapped_list_constant_is_a_value_not_a_link(executor):
+    # The frontend wraps list widget values in __value__; unwrapped, [1, 0] must not read as a link to node 1.
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 5}},
+              "2": {"class_type": "Show", "inputs": {"value": {"__value__": [1, 0]}}}}
+    outcome, events = run(executor, prompt)
+    assert outcome.outputs == {"2": {"value": [[1, 0]]}}
+    assert events.executing() == ["2"]
+
+
 def one(class_type: str, value: int = 1) -> dict:
     return {"1": {"class_type": class_type, "inputs": {"value": value}},
             "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}

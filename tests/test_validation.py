@@ -65,7 +65,7 @@ def test_malformed_json_text(node_registry):
     assert body["node_errors"] == {}
 
 
-@pytest.mark.parametrize("prompt", ["[1, 2]", '"text"', {"1": "not a node"}])
+@pytest.mark.parametrize("prompt", ["[1, 2]", '"text"', {"1": "not a node"}, b"\xff\xfe{"])
 def test_prompt_that_is_not_an_object_of_nodes(node_registry, prompt):
     body = rejected(node_registry, prompt)
     assert body["error"]["type"] == "invalid_prompt"

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from comfy.execution_context import (Emit, ExecutionContext, InterruptProcessingException, enter_execution,
                                      leave_execution)
-from comfy.graph import Prompt, full_type_name, is_link
+from comfy.graph import Prompt, full_type_name, is_link, normalize_link
 from comfy.nodes.registry import NodeRegistry
 from comfy_execution.graph_utils import ExecutionBlocker, GraphBuilder
 
@@ -547,7 +547,7 @@ class _Run:
                 if new_id in self.prompt:
                     raise DuplicateNodeError(f"Expanded node id {new_id} already exists in the prompt")
                 node = dict(new_node)
-                node["inputs"] = {name: [str(value[0]), value[1]] if is_link(value) else value
+                node["inputs"] = {name: normalize_link(value)
                                   for name, value in (node.get("inputs") or {}).items()}
                 if node.get("class_type") not in self.classes:
                     raise KeyError(f"Expanded node {new_id} has unknown class_type {node.get('class_type')!r}")

@@ -54,9 +54,21 @@ def error_item(type_: str, message: str, details: str = "", **extra_info: Any) -
 
 
 def is_link(value: Any) -> bool:
-    """A ``[node_id, output_index]`` pair, the way API-format prompts link nodes."""
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) \
-        and not isinstance(value[1], bool) and isinstance(value[0], (str, int))
+    """A ``["node_id", output_index]`` pair, the way API-format prompts link nodes.
+
+    The id is a string, as in ComfyUI, so that a list constant such as ``[1, 2]`` (a widget value the
+    frontend sent as ``{"__value__": [1, 2]}``) is never taken for a link; ``parse_prompt`` turns
+    numeric ids into strings.
+    """
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) \
+        and isinstance(value[1], int) and not isinstance(value[1], bool)
+
+
+def normalize_link(value: Any) -> Any:
+    """``[1, 0]`` becomes ``["1", 0]``: some clients give node ids as numbers."""
+    if isinstance(value, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return [str(value[0]), value[1]]
+    return value
 
 
 def parse_prompt(prompt: Union[str, bytes, Mapping[str, Any]]) -> Prompt:
@@ -64,7 +76,7 @@ def parse_prompt(prompt: Union[str, bytes, Mapping[str, Any]]) -> Prompt:
     if isinstance(prompt, (str, bytes)):
         try:
             prompt = json.loads(prompt)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
             raise PromptValidationError({
                 "error": error_item("invalid_prompt", "Invalid prompt: the text is not JSON", str(exc)),
                 "node_errors": {}}) from exc
@@ -82,7 +94,8 @@ def parse_prompt(prompt: Union[str, bytes, Mapping[str, Any]]) -> Prompt:
                 "node_errors": {}})
         node = dict(node)
         inputs = node.get("inputs")
-        node["inputs"] = dict(inputs) if isinstance(inputs, Mapping) else {}
+        node["inputs"] = {name: normalize_link(value) for name, value in inputs.items()} \
+            if isinstance(inputs, Mapping) else {}
         parsed[str(node_id)] = node
     return parsed
 
