@@ -56,6 +56,22 @@ def test_comfyui_serves_the_frontend_and_a_custom_node_route(comfyui_process):
     assert running.process.wait(timeout=30) == 0
 
 
+def test_custom_nodes_find_the_app_and_user_manager_at_import(comfyui_process, base_dir):
+    (base_dir / "custom_nodes" / "app_route_node.py").write_text(
+        "from aiohttp import web\n"
+        "from server import PromptServer\n"
+        "async def where(request):\n"
+        "    path = PromptServer.instance.user_manager.get_request_user_filepath(request, 'x.json')\n"
+        "    escape = PromptServer.instance.user_manager.get_request_user_filepath(request, '../x.json')\n"
+        "    return web.json_response({'path': path, 'escape': escape})\n"
+        "PromptServer.instance.app.router.add_get('/app_route_node/where', where)\n"
+        "NODE_CLASS_MAPPINGS = {}\n")
+    running = comfyui_process()
+    status, body = get(running.url + "/app_route_node/where")
+    assert status == 200
+    assert json.loads(body) == {"path": str(base_dir / "user" / "default" / "x.json"), "escape": None}
+
+
 def test_sigint_stops_with_a_running_prompt(comfyui_process):
     running = comfyui_process()
     assert post_json(running.url + "/api/prompt", {"prompt": slow_prompt(30.0)})[0] == 200

@@ -170,3 +170,34 @@ async def test_previews_are_binary_frames_in_comfyui_framing(server, http):
     assert rich.json("progress")[-1]["data"] == {"value": 4, "max": 4, "prompt_id": queued["prompt_id"], "node": "1"}
     await plain.close()
     await rich.close()
+
+
+async def test_custom_nodes_reach_clients_through_prompt_server(server, http):
+    events = await connect(http, server, client_id="notified")
+    prompt = {"1": {"class_type": "ServerTestNotify", "inputs": {"text": "hi"}}}
+    queued = await (await http.post("/api/prompt", json={"prompt": prompt, "client_id": "notified"})).json()
+    notice = await events.wait_for(lambda m: isinstance(m, dict) and m["type"] == "server_test.notice")
+    assert notice["data"] == {"text": "hi", "node": "1"}
+    frame = await events.wait_for(lambda m: isinstance(m, bytes))
+    # Progress text with the server's supports_progress_text_metadata layout: prompt id, node id, text.
+    event, prompt_length = struct.unpack(">II", frame[:8])
+    prompt_id = frame[8:8 + prompt_length].decode()
+    (node_length,) = struct.unpack(">I", frame[8 + prompt_length:12 + prompt_length])
+    node = frame[12 + prompt_length:12 + prompt_length + node_length].decode()
+    assert (event, prompt_id, node) == (3, queued["prompt_id"], "1")
+    assert frame[12 + prompt_length + node_length:] == b"progress: hi"
+    await events.close()
+
+
+async def test_a_reconnecting_client_learns_the_running_node(server, http):
+    events = await connect(http, server, client_id="returning")
+    queued = await (await http.post("/api/prompt", json={"prompt": slow_prompt(2.0), "client_id": "returning"})).json()
+    await events.wait_for(lambda m: isinstance(m, dict) and m["type"] == "executing" and m["data"]["node"] == "1")
+    await events.close()
+    again = await connect(http, server, client_id="returning")
+    assert again.json("status")[0]["data"]["sid"] == "returning"
+    executing = await again.wait_for(lambda m: isinstance(m, dict) and m["type"] == "executing")
+    assert executing["data"]["node"] == "1" and executing["data"]["prompt_id"] == queued["prompt_id"]
+    # Events of its running prompt reach the new socket.
+    await again.wait_for(lambda m: isinstance(m, dict) and m["type"] == "execution_success")
+    await again.close()

@@ -88,7 +88,27 @@ class ServerTestFail:
         raise ValueError(f"failing on purpose with {value}")
 
 
+class ServerTestNotify:
+    """Talks to the queueing client the way vanilla nodes do, through PromptServer.instance."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "hello"})}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "server tests"
+
+    def run(self, text, unique_id):
+        server = PromptServer.instance
+        server.send_sync("server_test.notice", {"text": text, "node": unique_id}, server.client_id)
+        server.send_progress_text(f"progress: {text}", unique_id, server.client_id)
+        return {"ui": {"text": [text]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "ServerTestNotify": ServerTestNotify,
     "ServerTestNumber": ServerTestNumber,
     "ServerTestSaveImage": ServerTestSaveImage,
     "ServerTestSlow": ServerTestSlow,
@@ -101,3 +121,4 @@ WEB_DIRECTORY = "./web"
 @PromptServer.instance.routes.get("/server_test/hello")
 async def hello(request):
     return web.json_response({"hello": "world", "queue": PromptServer.instance.get_queue_info()})
+

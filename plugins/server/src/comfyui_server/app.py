@@ -47,8 +47,12 @@ def _index(web_root: str):
     return get_index
 
 
-def create_app(server: "PromptServer") -> web.Application:
-    """Build the application for ``server``, whose runtime and web root are set."""
+def new_application(server: "PromptServer") -> web.Application:
+    """The empty application with the middleware the configuration asks for.
+
+    It exists from the moment the server does, since custom nodes may add routes or middleware
+    to ``PromptServer.instance.app`` while they are imported.
+    """
     mimetypes.add_type("application/javascript; charset=utf-8", ".js")
     mimetypes.add_type("image/webp", ".webp")
     middlewares = [middleware.bad_json, middleware.cache_headers]
@@ -57,9 +61,12 @@ def create_app(server: "PromptServer") -> web.Application:
     cors_origin = server.option("enable_cors_header")
     middlewares.append(middleware.cors(cors_origin) if cors_origin else middleware.origin_check)
     max_body = int(float(server.option("max_upload_size", 100)) * 1024 * 1024)
-    app = web.Application(client_max_size=max_body, middlewares=middlewares,
-                          handler_args={"max_field_size": 16380})
+    return web.Application(client_max_size=max_body, middlewares=middlewares, handler_args={"max_field_size": 16380})
 
+
+def create_app(server: "PromptServer") -> web.Application:
+    """Add every route to ``server.app``; the server's runtime and web root are set by now."""
+    app = server.app
     api_routes, plain_routes = web.RouteTableDef(), web.RouteTableDef()
     for module_name in ROUTE_MODULES:
         module = importlib.import_module(module_name)
@@ -76,8 +83,7 @@ def create_app(server: "PromptServer") -> web.Application:
     if server.web_root:
         app.router.add_get("/", _index(server.web_root))
         app.router.add_static("/", server.web_root, follow_symlinks=True)
-    server.app = app
     return app
 
 
-__all__ = ["ROUTE_MODULES", "create_app"]
+__all__ = ["ROUTE_MODULES", "create_app", "new_application"]

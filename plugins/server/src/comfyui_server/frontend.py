@@ -76,26 +76,53 @@ def resolve_web_root(front_end_root: Optional[str], front_end_version: Optional[
         f"or point --front-end-root at a built frontend.")
 
 
-def template_assets() -> Optional[dict[str, str]]:
-    """Template file name -> absolute path, from comfyui-workflow-templates; None when not installed.
+class TemplateFiles:
+    """The files of comfyui-workflow-templates by the name the frontend asks for (``index.json``,
+    ``<template>.json``, ``<template>-1.webp``, ``logo/<provider>.png``...).
 
-    Newer releases split into packages and list each template's files; older ones ship a single
-    ``templates/`` folder, listed here file by file.
+    Newer releases split into a manifest package, a JSON package and media bundles that may be
+    installed or not; a file is looked up only when asked for, so a missing bundle costs one 404.
+    Older releases ship a single ``templates/`` folder.
     """
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.owner: dict[str, str] = {}
+        self.folder: Optional[str] = None
+        iter_templates = getattr(module, "iter_templates", None)
+        if iter_templates is not None and hasattr(module, "get_asset_path"):
+            for entry in iter_templates():
+                for asset in entry.assets:
+                    self.owner[asset.filename] = entry.template_id
+        else:
+            folder = os.path.join(os.path.dirname(os.path.abspath(module.__file__)), "templates")
+            self.folder = folder if os.path.isdir(folder) else None
+
+    def path(self, name: str) -> Optional[str]:
+        """The file's absolute path, or None when no installed package has it."""
+        if self.folder is not None:
+            from comfyui_server.files import PathOutsideRoot, contained_path
+            try:
+                path = contained_path(self.folder, name)
+            except PathOutsideRoot:
+                return None
+            return path if os.path.isfile(path) else None
+        template_id = self.owner.get(name)
+        if template_id is None:
+            return None
+        try:
+            return str(self.module.get_asset_path(template_id, name))
+        except (FileNotFoundError, KeyError):
+            return None
+
+
+def template_files() -> Optional[TemplateFiles]:
+    """The installed workflow templates, or None when comfyui-workflow-templates is not installed."""
     try:
         import comfyui_workflow_templates
     except ImportError:
         return None
-    iter_templates = getattr(comfyui_workflow_templates, "iter_templates", None)
-    get_asset_path = getattr(comfyui_workflow_templates, "get_asset_path", None)
-    if iter_templates is not None and get_asset_path is not None:
-        assets: dict[str, str] = {}
-        for entry in iter_templates():
-            for asset in entry.assets:
-                assets[asset.filename] = str(get_asset_path(entry.template_id, asset.filename))
-        return assets
-    folder = os.path.join(os.path.dirname(os.path.abspath(comfyui_workflow_templates.__file__)), "templates")
-    return _folder_files(folder) if os.path.isdir(folder) else None
+    return TemplateFiles(comfyui_workflow_templates)
 
 
 def embedded_docs_root() -> Optional[str]:
@@ -107,18 +134,5 @@ def embedded_docs_root() -> Optional[str]:
     return folder if os.path.isdir(folder) else None
 
 
-def _folder_files(folder: str) -> dict[str, str]:
-    files = {}
-    for directory, _subdirectories, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(directory, name)
-            files[os.path.relpath(path, folder).replace(os.sep, "/")] = path
-    return files
-
-
-def versions() -> dict[str, Any]:
-    return {"frontend": package_version(FRONTEND_PACKAGE), "templates": package_version(TEMPLATES_PACKAGE)}
-
-
-__all__ = ["FrontendError", "embedded_docs_root", "installed_frontend_root", "package_version",
-           "parse_version_string", "resolve_web_root", "template_assets", "versions"]
+__all__ = ["FrontendError", "TemplateFiles", "embedded_docs_root", "installed_frontend_root", "package_version",
+           "parse_version_string", "resolve_web_root", "template_files"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Union
 
 from aiohttp import web
 
+from comfyui_server.app import new_application
 from comfyui_server.messages import (BinaryEventTypes, Client, EncodedPreview, binary_frame, dumps, encode_preview,
                                      progress_text_payload)
 from comfyui_server.logs import LogEntry, install_log_buffer, terminal_size
@@ -46,7 +47,7 @@ class PromptServer:
         self.routes: web.RouteTableDef = web.RouteTableDef()
         self.loop: Optional[asyncio.AbstractEventLoop] = loop
         self.runtime: Optional["Runtime"] = None
-        self.app: Optional[web.Application] = None
+        self.app: web.Application = new_application(self)
         self.web_root: Optional[str] = None
         self.sockets: dict[str, Client] = {}
         self.on_prompt_handlers: list[OnPromptHandler] = []

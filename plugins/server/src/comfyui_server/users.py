@@ -104,6 +104,24 @@ class UserManager:
             atomic_write_bytes(self.users_file, json.dumps(self.users).encode())
         return user_id
 
+    # -- ComfyUI's UserManager methods, which custom nodes call ----------------------------------------
+
+    def get_request_user_id(self, request: web.Request) -> str:
+        return self.user_id(request)
+
+    def get_request_user_filepath(self, request: web.Request, file: Optional[str], type: str = "userdata",
+                                  create_dir: bool = True) -> Optional[str]:
+        """The path of ``file`` in the requesting user's folder; None if it would leave it."""
+        if type != "userdata":
+            raise KeyError(f"Unknown filepath type: {type}")
+        try:
+            path = self.user_path(request, file)
+        except PathOutsideRoot:
+            return None
+        if create_dir:
+            os.makedirs(os.path.dirname(path) if file else path, exist_ok=True)
+        return path
+
     # -- settings ---------------------------------------------------------------------------------------
 
     def settings_path(self, request: web.Request) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 from aiohttp import web
 
 from comfyui_server.files import PathOutsideRoot, contained_path
-from comfyui_server.frontend import embedded_docs_root, template_assets
+from comfyui_server.frontend import TemplateFiles, embedded_docs_root, template_files
 
 if TYPE_CHECKING:
     from comfyui_server.server import PromptServer
@@ -16,17 +16,18 @@ API_PREFIX = False
 
 
 def add_routes(routes: web.RouteTableDef, server: "PromptServer") -> None:
-    assets: Optional[dict[str, str]] = None
+    templates: Optional[TemplateFiles] = None
+    looked = False
     loading = asyncio.Lock()
 
     @routes.get("/templates/{path:.+}")
     async def get_template(request: web.Request) -> web.StreamResponse:
-        nonlocal assets
+        nonlocal templates, looked
         async with loading:
-            if assets is None:
-                # Listing ~700 templates reads their manifests: once, and off the event loop.
-                assets = await asyncio.to_thread(template_assets) or {}
-        path = assets.get(request.match_info["path"])
+            if not looked:
+                # Reading the manifest of ~700 templates: once, and off the event loop.
+                templates, looked = await asyncio.to_thread(template_files), True
+        path = templates.path(request.match_info["path"]) if templates is not None else None
         if path is None:
             raise web.HTTPNotFound()
         return web.FileResponse(path)
