@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import configargparse
 
     from comfy.cli_args_types import Configuration
+    from comfy.nodes.registry import NodeRegistry
     from comfy.transport import Transport
 
 PROJECT_NAME = "comfyui"
@@ -104,9 +105,10 @@ def comfyui_register_legacy_modules(register: Callable[[str, str], None]) -> Non
 
 
 @hookspec(firstresult=True)
-def comfyui_make_transport(configuration: "Configuration") -> Optional["Transport"]:
+def comfyui_make_transport(configuration: "Configuration", registry: "NodeRegistry") -> Optional["Transport"]:
     """Choose how prompts are queued and how results and progress flow back.
 
+    ``registry`` holds the node types of this process, for a transport that executes prompts itself.
     Return a ``comfy.transport.Transport`` to replace the in-process queue (a message broker,
     say), or None. The first non-None result wins; with none the kernel runs prompts in-process.
     """

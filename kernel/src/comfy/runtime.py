@@ -41,7 +41,7 @@ class Runtime:
         paths.configure_paths(configuration)
         install_legacy_modules(pm)
         registry = build_node_registry(pm, configuration)
-        transport = pm.hook.comfyui_make_transport(configuration=configuration) or InProcessTransport(
+        transport = pm.hook.comfyui_make_transport(configuration=configuration, registry=registry) or InProcessTransport(
             registry, configuration)
         try:
             pm.hook.comfyui_startup(configuration=configuration)
