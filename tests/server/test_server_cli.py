@@ -93,6 +93,27 @@ def test_listens_on_several_addresses(comfyui_process):
     assert f"http://[::1]:{port}" in running.text()
 
 
+def test_dont_print_server(base_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([COMFYUI, "--cwd", str(base_dir), "--port", str(port), "--dont-print-server"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if get(f"http://127.0.0.1:{port}/api/prompt")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "To see the GUI" not in output
+
+
 def test_quick_test_for_ci(base_dir):
     result = run(base_dir, "--quick-test-for-ci")
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -108,27 +109,36 @@ class ServerRunner:
         await self._runner.setup()
         port = int(self.option("port", 8188))
         addresses = listen_addresses(self.option("listen"))
+        listening: list[str] = []
         try:
             for address in addresses:
                 try:
                     sock = _bind(address, port)
                 except OSError as error:
+                    if address == "::" and error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) \
+                            and len(addresses) > 1:
+                        # "Every address" on a machine without IPv6 is every IPv4 address.
+                        logger.warning("IPv6 is not available here; not listening on ::")
+                        continue
                     raise ServeError(f"cannot listen on {address} port {port}: {error.strerror or error}") from None
                 # Port 0 picks a free port once; every further address uses the same one.
                 port = sock.getsockname()[1]
                 await web.SockSite(self._runner, sock).start()
+                listening.append(address)
         except BaseException:
             await self.stop()
             raise
         self.port = port
-        self.server.address, self.server.port = addresses[0], port
-        self.urls = [display_url(address, port) for address in addresses]
+        self.server.address, self.server.port = listening[0], port
+        self.urls = [display_url(address, port) for address in listening]
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.detach()
-            for client in list(self.server.sockets.values()):
-                await client.socket.close()
+            clients = list(self.server.sockets.values())
+            if clients:
+                # A client that never answers the close handshake must not hold up the shutdown.
+                await asyncio.wait([asyncio.ensure_future(client.socket.close()) for client in clients], timeout=2)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
