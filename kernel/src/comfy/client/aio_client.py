@@ -23,6 +23,8 @@ _ENDINGS = ("execution_success", "execution_error", "execution_interrupted")
 # Binary websocket frames: 1 = preview [u32 format][image], 4 = preview [u32 length][json][image].
 _PREVIEW, _PREVIEW_WITH_METADATA = 1, 4
 _PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
+# How long a finished prompt may take to appear in the history, in seconds.
+_HISTORY_WAIT = 60.0
 
 
 def _aiohttp() -> Any:
@@ -68,42 +70,52 @@ class RemoteTaskWithProgress:
         self._task = asyncio.ensure_future(self._run(client, prompt))
 
     async def _run(self, client: "AsyncRemoteComfyClient", prompt: Mapping[str, Any]) -> dict[str, Any]:
-        aiohttp = _aiohttp()
         try:
             async with client.session.ws_connect(client.websocket_url) as socket:
                 await socket.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
                 # The first message is the status: from then on the server routes this client's events here.
                 await socket.receive()
                 await client._post_prompt_ui(prompt, self.prompt_id)
-                ending = None
-                async for message in socket:
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        event = json.loads(message.data)
-                        data = event.get("data")
-                        if not isinstance(data, dict) or data.get("prompt_id") != self.prompt_id:
-                            continue
-                        self._events.put_nowait(ProgressNotification(event["type"], data, self.prompt_id))
-                        if event["type"] in _ENDINGS:
-                            ending = event["type"], data
-                            break
-                    elif message.type == aiohttp.WSMsgType.BINARY:
-                        preview = _preview(message.data)
-                        # A preview without metadata belongs to this client's running prompt, which is this one.
-                        if preview is not None and preview.get("prompt_id", self.prompt_id) == self.prompt_id:
-                            self._events.put_nowait(ProgressNotification("preview_image", preview, self.prompt_id))
-                    else:
-                        break
-            if ending is None:
-                raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} finished")
-            event, data = ending
-            if event == "execution_error":
-                raise PromptExecutionError(data)
-            if event == "execution_interrupted":
-                raise PromptInterruptedError(data)
-            history = await client.get_history(self.prompt_id)
-            return history[self.prompt_id]["outputs"]
+                event, data = await self._follow(socket)
+                if event == "execution_error":
+                    raise PromptExecutionError(data)
+                if event == "execution_interrupted":
+                    raise PromptInterruptedError(data)
+                history = await client.get_history(self.prompt_id)
+                while self.prompt_id not in history:
+                    # The history is written just after the prompt's last event; the queue status follows it.
+                    await asyncio.wait_for(self._next_status(socket), _HISTORY_WAIT)
+                    history = await client.get_history(self.prompt_id)
+                return history[self.prompt_id]["outputs"]
         finally:
             self._events.put_nowait(None)
+
+    async def _follow(self, socket: "aiohttp.ClientWebSocketResponse") -> tuple[str, dict[str, Any]]:
+        """Queue this prompt's events until its ending one, which is returned."""
+        aiohttp = _aiohttp()
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                event = json.loads(message.data)
+                data = event.get("data")
+                if not isinstance(data, dict) or data.get("prompt_id") != self.prompt_id:
+                    continue
+                self._events.put_nowait(ProgressNotification(event["type"], data, self.prompt_id))
+                if event["type"] in _ENDINGS:
+                    return event["type"], data
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                preview = _preview(message.data)
+                # A preview without metadata belongs to this client's running prompt, which is this one.
+                if preview is not None and preview.get("prompt_id", self.prompt_id) == self.prompt_id:
+                    self._events.put_nowait(ProgressNotification("preview_image", preview, self.prompt_id))
+            else:
+                break
+        raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} finished")
+
+    async def _next_status(self, socket: "aiohttp.ClientWebSocketResponse") -> None:
+        async for message in socket:
+            if message.type == _aiohttp().WSMsgType.TEXT and json.loads(message.data).get("type") == "status":
+                return
+        raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} was in the history")
 
     async def progress(self) -> AsyncIterator[ProgressNotification]:
         """This prompt's events in order, ending after its last one."""
