@@ -1,0 +1,19 @@
+"""The core nodes plugin: registers the node modules, device backends, attention and legacy modules."""
+from __future__ import annotations
+
+import importlib
+
+from comfy.hookspecs import hookimpl
+
+# Each module exposes NODE_CLASS_MAPPINGS (and optionally NODE_DISPLAY_NAME_MAPPINGS).
+NODE_MODULES: tuple[str, ...] = (
+)
+
+
+@hookimpl
+def comfyui_register_nodes(register) -> None:
+    for module_name in NODE_MODULES:
+        module = importlib.import_module(module_name)
+        display_names = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {})
+        for name, node_class in module.NODE_CLASS_MAPPINGS.items():
+            register(name, node_class, display_names.get(name))

@@ -1,0 +1,1 @@
+"""comfyui's samplers plugin: samplers, schedulers, noise, guidance and the sampling nodes."""
