@@ -224,11 +224,11 @@ def _verify_snapshot(repo_id: str, path: str, revision: str, page: str, target: 
     verification = HfApi(endpoint=hf_endpoint()).verify_repo_checksums(repo_id, revision=commit, **target)
     if not verification.mismatches:
         return
-    for mismatch in verification.mismatches:
-        _discard(os.path.join(path, *mismatch.path.split("/")))
-    names = ", ".join(mismatch.path for mismatch in verification.mismatches)
-    raise ModelIntegrityError(f"Files of {repo_id} do not match the checksums the hub reports ({names}), so they "
-                              f"were deleted. Try again.", filename=repo_id, url=page)
+    names = [mismatch["path"] for mismatch in verification.mismatches]
+    for name in names:
+        _discard(os.path.join(path, *name.split("/")))
+    raise ModelIntegrityError(f"Files of {repo_id} do not match the checksums the hub reports "
+                              f"({', '.join(names)}), so they were deleted. Try again.", filename=repo_id, url=page)
 
 
 @contextlib.contextmanager
@@ -341,7 +341,8 @@ def _download_resumably(url: str, partial: str, headers: dict[str, str], progres
                         bar_class(total=offset + int(length) if length else None, initial=offset, unit="B",
                                   unit_scale=True, desc=model.filename, name="comfyui_known_models.civitai",
                                   disable=None) as bar:
-                    for chunk in response.iter_bytes(_CHUNK_SIZE):
+                    # As they arrive, so that a broken connection loses nothing already received.
+                    for chunk in response.iter_bytes():
                         stream.write(chunk)
                         bar.update(len(chunk))
                 return
