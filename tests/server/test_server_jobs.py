@@ -126,6 +126,9 @@ async def test_queue_delete_and_clear(server, http):
     assert await (await http.get("/api/history")).json() == {}
     async with http.post("/api/free", json={"unload_models": True, "free_memory": True}) as response:
         assert response.status == 200
+    for path in ("/api/queue", "/api/history"):
+        async with http.post(path, json={"delete": 5}) as response:
+            assert response.status == 400 and "list" in (await response.json())["error"]
 
 
 async def test_client_that_disconnects_mid_run_does_not_disturb_others(server, http):

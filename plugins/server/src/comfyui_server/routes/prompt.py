@@ -23,6 +23,14 @@ def prompt_error(status: int, error_type: str, message: str, details: str = "") 
                                         "extra_info": {}}, "node_errors": {}}, status=status)
 
 
+def _id_list(body: dict[str, Any]) -> list[str]:
+    """The ``delete`` list of a /queue or /history body; ``BadJSON`` when it is not a list."""
+    ids = body.get("delete") or []
+    if not isinstance(ids, list):
+        raise BadJSON("delete must be a list of prompt ids")
+    return [str(prompt_id) for prompt_id in ids]
+
+
 def _delete_pending(server: "PromptServer", prompt_id: str) -> bool:
     transport = server.runtime.transport
     delete = getattr(transport, "delete", None)
@@ -93,10 +101,11 @@ def add_routes(routes: web.RouteTableDef, server: "PromptServer") -> None:
     @routes.post("/queue")
     async def post_queue(request: web.Request) -> web.Response:
         body = await read_json_object(request)
+        ids = _id_list(body)
         if body.get("clear"):
             server.prompt_queue.wipe_queue()
-        for prompt_id in body.get("delete") or []:
-            _delete_pending(server, str(prompt_id))
+        for prompt_id in ids:
+            _delete_pending(server, prompt_id)
         return web.Response()
 
     @routes.get("/history")
@@ -115,10 +124,11 @@ def add_routes(routes: web.RouteTableDef, server: "PromptServer") -> None:
     @routes.post("/history")
     async def post_history(request: web.Request) -> web.Response:
         body = await read_json_object(request)
+        ids = _id_list(body)
         if body.get("clear"):
             server.prompt_queue.wipe_history()
-        for prompt_id in body.get("delete") or []:
-            server.prompt_queue.delete_history_item(str(prompt_id))
+        for prompt_id in ids:
+            server.prompt_queue.delete_history_item(prompt_id)
         return web.Response()
 
     @routes.post("/interrupt")
