@@ -102,9 +102,7 @@ async def test_the_served_document_adds_custom_node_routes(server, http):
     assert "/api/server_test/hello" in served["paths"]
     folder = served["paths"]["/extensions/server_test_pack/{filename}"]["get"]
     assert folder["parameters"] == [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}]
-    assert documented_operations(served) == {
-        path: methods | ({"head"} if "head" in methods else set())
-        for path, methods in registered_operations(server.runner.server.app).items()}
+    assert documented_operations(served) == registered_operations(server.runner.server.app)
     # The packaged document, expanded, is all there is besides the custom node routes.
     packaged = load_document()
     assert {path: served["paths"][path] for path in packaged["paths"]} == packaged["paths"]
@@ -130,4 +128,4 @@ async def test_schemathesis_finds_no_server_errors_or_undocumented_answers(serve
     output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-12000:]
-    assert f"{len(fuzzed)} selected" in text or str(len(fuzzed)) in text, text[-3000:]
+    assert f"{len(fuzzed)} selected" in text, text[-3000:]
