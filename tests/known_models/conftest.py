@@ -42,9 +42,26 @@ class ModelSizeNodes:
             path = paths.get_full_path_or_raise("checkpoints", ckpt_name)
             return {"ui": {"size": [os.path.getsize(path)], "path": [path]}, "result": (os.path.getsize(path),)}
 
+    class LoadModelSize:
+        """Any folder, the name as a plain string (no choice list to validate against)."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"folder_name": ("STRING", {"default": "loras"}), "model_name": ("STRING", {})}}
+
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "load"
+        OUTPUT_NODE = True
+        CATEGORY = "testing"
+
+        def load(self, folder_name, model_name):
+            path = paths.get_full_path_or_raise(folder_name, model_name)
+            return {"ui": {"size": [os.path.getsize(path)], "path": [path]}, "result": (os.path.getsize(path),)}
+
     @hookimpl
     def comfyui_register_nodes(self, register):
         register("LoadCheckpointSize", self.LoadCheckpointSize)
+        register("LoadModelSize", self.LoadModelSize)
 
 
 class TestModels:

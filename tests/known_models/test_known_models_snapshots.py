@@ -1,12 +1,13 @@
 """Hugging Face repositories as models: snapshot folders through the plugin's function and comfy.paths."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
 from comfy import paths
-from comfyui_known_models import ModelIntegrityError, huggingface_repo
+from comfyui_known_models import ModelIntegrityError, ModelUnavailableError, huggingface_repo
 from conftest import TEST_REPO
 from fake_hub import FakeHub, HubFile
 
@@ -89,3 +90,33 @@ def test_a_name_that_is_not_a_repository_id_is_not_resolved(hub: FakeHub, config
     configure()
     assert paths.get_full_path("huggingface", "../escape") is None
     assert hub.requests == []
+
+
+def test_no_network_says_where_to_put_the_repository(hub: FakeHub, configure, models: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    configure()
+
+    with pytest.raises(ModelUnavailableError) as raised:
+        huggingface_repo(TEST_REPO)
+
+    message = str(raised.value)
+    assert f"http://127.0.0.1:9/{TEST_REPO}" in message
+    assert f"put it in {models / 'huggingface' / 'test-org' / 'tiny-models'}" in message
+
+
+def test_concurrent_requests_for_a_repository_download_it_once(hub: FakeHub, configure):
+    files = dict(FILES)
+    files["model.safetensors"] = HubFile(b"\x02weights" * 30_000, delay=0.001)
+    hub.add_repo(TEST_REPO, files)
+    configure()
+    folders: list[str] = []
+
+    threads = [threading.Thread(target=lambda: folders.append(huggingface_repo(TEST_REPO))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(folders) == 3 and len(set(folders)) == 1
+    assert len(hub.gets("model.safetensors")) == 1

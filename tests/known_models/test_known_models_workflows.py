@@ -10,9 +10,9 @@ from comfy import paths
 from comfy.client.embedded_comfy_client import Comfy
 from comfy.configuration import default_configuration
 from comfy.graph import PromptValidationError
-from comfy.transport import PromptExecutionError
+from comfy.transport import PromptExecutionError, PromptInterruptedError
 from conftest import SD15_FILE, SD15_REPO, TEST_REPO
-from fake_hub import FakeHub, HubFile
+from fake_hub import CivitaiVersion, FakeHub, HubFile
 
 
 def load(name: str) -> dict:
@@ -97,3 +97,30 @@ async def test_known_models_are_offered_beside_local_files(hub: FakeHub, pm, tmp
     assert {"mine.safetensors", SD15_FILE, "sd_xl_base_1.0.safetensors", "tiny.safetensors"} <= set(choices)
     assert "nested-alias.safetensors" not in choices
     assert outputs["1"]["size"] == [4] and hub.requests == []
+
+
+async def test_interrupting_the_prompt_stops_the_download_and_keeps_the_part(hub: FakeHub, pm, tmp_path: Path):
+    content = bytes(range(256)) * 4_000
+    hub.civitai[4242] = CivitaiVersion(model_id=1, file_name="civitai_lora.safetensors",
+                                       file=HubFile(content, delay=0.01))
+    prompt = {"1": {"class_type": "LoadModelSize",
+                    "inputs": {"folder_name": "loras", "model_name": "civitai_lora.safetensors"}}}
+    lora = tmp_path / "models" / "loras" / "civitai_lora.safetensors"
+
+    async with client(pm, tmp_path) as comfy:
+        task = comfy.queue_with_progress(prompt, prompt_id="slow")
+        async for notification in task.progress():
+            if notification.event == "progress":
+                comfy.interrupt("slow")
+        with pytest.raises(PromptInterruptedError):
+            await task
+
+        assert not lora.exists()
+        kept = lora.with_name(lora.name + ".part").stat().st_size
+        assert 0 < kept < len(content)
+        # The next run resumes from what arrived.
+        hub.civitai[4242].file.delay = 0
+        outputs = await comfy.queue_prompt(prompt)
+
+    assert outputs["1"]["size"] == [len(content)] and lora.read_bytes() == content
+    assert hub.gets("/storage/4242/civitai_lora.safetensors")[-1].range == f"bytes={kept}-"

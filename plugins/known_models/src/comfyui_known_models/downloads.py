@@ -121,27 +121,22 @@ def snapshot(repo_id: str, revision: str = "main", *, local_dir_mode: bool = Fal
     Returns None when it is nowhere and may not be downloaded.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     if not is_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hugging Face repository id (owner/name)")
-    for folder in model_folders(HUGGINGFACE_FOLDER):
-        candidate = os.path.join(folder, *repo_id.split("/"))
-        if os.path.isdir(candidate) and os.listdir(candidate):
-            return candidate
-    for cache_dir in _cache_dirs():
-        with contextlib.suppress(LocalEntryNotFoundError):
-            return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
-    if not download:
-        return None
+    found = _local_snapshot(repo_id, revision)
+    if found is not None or not download:
+        return found
 
     hf_folder = model_folders(HUGGINGFACE_FOLDER)[0]
     final = os.path.join(hf_folder, *repo_id.split("/"))
     page = f"{hf_endpoint()}/{repo_id}"
     progress = ProgressBar(1)
     with _file_lock(os.path.join(hf_folder, LOCKS_FOLDER), repo_id.replace("/", "--")):
-        if os.path.isdir(final) and os.listdir(final):
-            return final
+        # Whoever held the lock before us may have downloaded it.
+        found = _local_snapshot(repo_id, revision)
+        if found is not None:
+            return found
         target: dict[str, str] = {"cache_dir": hf_cache_dir()}
         if local_dir_mode:
             target = {"local_dir": os.path.join(hf_folder, STAGING_FOLDER, *repo_id.split("/"))}
@@ -167,6 +162,22 @@ def local_repos() -> list[str]:
             if owner.is_dir() and not owner.name.startswith("."):
                 found.update(f"{owner.name}/{repo.name}" for repo in os.scandir(owner.path) if repo.is_dir())
     return sorted(found)
+
+
+def _local_snapshot(repo_id: str, revision: str) -> Optional[str]:
+    """The repository's folder under ``models/huggingface``, else a complete snapshot in a cache, else None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    for folder in model_folders(HUGGINGFACE_FOLDER):
+        candidate = os.path.join(folder, *repo_id.split("/"))
+        if os.path.isdir(candidate) and os.listdir(candidate):
+            return candidate
+    for cache_dir in _cache_dirs():
+        # huggingface_hub refuses a snapshot that its cached file listing shows to be incomplete.
+        with contextlib.suppress(LocalEntryNotFoundError):
+            return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    return None
 
 
 def _cache_dirs() -> list[str]:
@@ -234,8 +245,7 @@ def _verify_snapshot(repo_id: str, path: str, revision: str, page: str, target: 
 @contextlib.contextmanager
 def _hub_errors(filename: str, url: str, folder: str, repo_id: Optional[str] = None) -> Iterator[None]:
     """Turn huggingface_hub's failures into errors that say what to do."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-    from huggingface_hub.utils import httpx
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     page = f"{hf_endpoint()}/{repo_id or filename}"
     try:
@@ -249,9 +259,16 @@ def _hub_errors(filename: str, url: str, folder: str, repo_id: Optional[str] = N
                 filename=filename, url=url) from error
         raise ModelUnavailableError(_by_hand(filename, url, folder, f"the hub answered HTTP {status}"),
                                     filename=filename, url=url) from error
-    except (httpx.TransportError, LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+    except (*_network_errors(), LocalEntryNotFoundError) as error:
         raise ModelUnavailableError(_by_hand(filename, url, folder, f"the hub cannot be reached ({error})"),
                                     filename=filename, url=url) from error
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub's HTTP client raises when the network fails (or HF_HUB_OFFLINE forbids it)."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import httpx
+    return httpx.TransportError, OfflineModeIsEnabled
 
 
 def _by_hand(filename: str, url: str, folder: str, reason: str) -> str:
@@ -260,7 +277,7 @@ def _by_hand(filename: str, url: str, folder: str, reason: str) -> str:
 
 def _fetch_civitai(model: KnownModel, destination: str, progress: ProgressBar) -> None:
     """Download a CivitAI model version's file beside ``destination``, verify it, then move it there."""
-    from huggingface_hub.utils import get_session, httpx
+    from huggingface_hub.utils import get_session
 
     base = civitai_endpoint()
     url = source_url(model)
@@ -271,7 +288,7 @@ def _fetch_civitai(model: KnownModel, destination: str, progress: ProgressBar) -
     try:
         response = get_session().get(f"{base}/api/v1/model-versions/{model.civitai_version_id}", headers=headers,
                                      timeout=_TIMEOUT_S)
-    except httpx.TransportError as error:
+    except _network_errors() as error:
         raise ModelUnavailableError(_by_hand(model.filename, url, folder, f"CivitAI cannot be reached ({error})"),
                                     filename=model.filename, url=url) from error
     _check_civitai_status(response, model, url, folder, page)
@@ -322,7 +339,7 @@ def _check_civitai_status(response: "httpx.Response", model: KnownModel, url: st
 def _download_resumably(url: str, partial: str, headers: dict[str, str], progress: ProgressBar,
                         model: KnownModel, folder: str, page: str) -> None:
     """Append ``url``'s bytes to ``partial``, resuming from what it holds after an interruption."""
-    from huggingface_hub.utils import get_session, httpx
+    from huggingface_hub.utils import get_session
 
     for attempt in range(1, _ATTEMPTS + 1):
         offset = os.path.getsize(partial) if os.path.exists(partial) else 0
@@ -346,7 +363,7 @@ def _download_resumably(url: str, partial: str, headers: dict[str, str], progres
                         stream.write(chunk)
                         bar.update(len(chunk))
                 return
-        except httpx.TransportError as error:
+        except _network_errors() as error:
             if attempt == _ATTEMPTS:
                 raise ModelUnavailableError(
                     _by_hand(model.filename, url, folder, f"the download broke off ({error}); what arrived is "
