@@ -76,8 +76,9 @@ def comfyui(tmp_path: Path) -> Iterator[ComfyUIProcess]:
             process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Headless Chromium, for one test: Playwright's sync API runs an event loop that must not outlive it."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set COMFYUI_TEST_CHROMIUM)")
     try:
