@@ -36,8 +36,10 @@ class Runtime:
         else:
             # A partial configuration (a few options set by hand) is completed with the defaults.
             configuration = Configuration({**default_configuration(pm), **configuration})
-        # Legacy module-level APIs (folder_paths, nodes) answer for the most recently started kernel.
+        # Module-level APIs (comfy.cli_args.args, folder_paths, nodes) answer for the most recently
+        # started kernel, so plugins and vanilla nodes read the configuration this kernel runs with.
         set_plugin_manager(pm)
+        cli_args.set_configuration(configuration)
         paths.configure_paths(configuration)
         install_legacy_modules(pm)
         registry = build_node_registry(pm, configuration)
