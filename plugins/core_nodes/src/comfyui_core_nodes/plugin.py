@@ -7,6 +7,7 @@ from comfy.hookspecs import hookimpl
 
 # Each module exposes NODE_CLASS_MAPPINGS (and optionally NODE_DISPLAY_NAME_MAPPINGS).
 NODE_MODULES: tuple[str, ...] = (
+    "comfyui_core_nodes.nodes_conditioning",
 )
 
 
