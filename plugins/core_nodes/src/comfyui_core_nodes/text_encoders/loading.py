@@ -273,7 +273,7 @@ def load_text_encoder_files(paths: Sequence[str], clip_type: str = "stable_diffu
                             load_device: Optional[torch.device] = None,
                             offload_device: Optional[torch.device] = None):
     """CLIPLoader / DualCLIPLoader: a CLIP from one or two text-encoder files."""
-    from ..utils import load_torch_file
+    from ..loading import load_torch_file
 
     return load_text_encoder_state_dicts([load_torch_file(path) for path in paths], clip_type, embedding_directory,
                                          load_device=load_device, offload_device=offload_device)

@@ -199,30 +199,42 @@ def is_open_clip_layout(state_dict: dict[str, torch.Tensor]) -> bool:
     return "transformer.resblocks.0.ln_1.weight" in state_dict
 
 
+def convert_resblocks(state_dict: dict[str, torch.Tensor], layers_prefix: str) -> dict[str, torch.Tensor]:
+    """OpenCLIP ``transformer.resblocks.N.*`` keys renamed to ``{layers_prefix}N.*`` (q/k/v split); other
+    keys unchanged. Shared by the text and vision towers."""
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not key.startswith("transformer.resblocks."):
+            converted[key] = value
+            continue
+        index, _, rest = key[len("transformer.resblocks."):].partition(".")
+        block = f"{layers_prefix}{index}."
+        if rest.startswith("attn.in_proj_"):
+            kind = rest[len("attn.in_proj_"):]
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                converted[f"{block}self_attn.{name}.{kind}"] = part
+            continue
+        module, _, parameter = rest.rpartition(".")
+        converted[f"{block}{_OPEN_CLIP_RENAMES.get(module, module)}.{parameter}"] = value
+    return converted
+
+
+_OPEN_CLIP_TEXT_KEYS = {
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
+
+
 def convert_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An OpenCLIP text tower (keys without prefix) in transformers' layout; ``logit_scale`` is kept."""
     converted: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("transformer.resblocks."):
-            index, _, rest = key[len("transformer.resblocks."):].partition(".")
-            block = f"text_model.encoder.layers.{index}."
-            if rest.startswith("attn.in_proj_"):
-                kind = rest[len("attn.in_proj_"):]
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                    converted[f"{block}self_attn.{name}.{kind}"] = part
-                continue
-            module, _, parameter = rest.rpartition(".")
-            converted[f"{block}{_OPEN_CLIP_RENAMES.get(module, module)}.{parameter}"] = value
-        elif key == "positional_embedding":
-            converted["text_model.embeddings.position_embedding.weight"] = value
-        elif key == "token_embedding.weight":
-            converted["text_model.embeddings.token_embedding.weight"] = value
-        elif key.startswith("ln_final."):
-            converted["text_model.final_layer_norm." + key[len("ln_final."):]] = value
-        elif key == "text_projection":
+    for key, value in convert_resblocks(state_dict, "text_model.encoder.layers.").items():
+        if key == "text_projection":
             converted["text_projection.weight"] = value.transpose(0, 1).contiguous()
         else:
-            converted[key] = value
+            converted[_OPEN_CLIP_TEXT_KEYS.get(key, key)] = value
     return converted
 
 
