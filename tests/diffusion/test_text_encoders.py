@@ -294,3 +294,123 @@ def test_a_checkpoint_missing_encoder_weights_names_them() -> None:
     del state_dict["cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.bias"]
     with pytest.raises(TextEncoderLoadError, match="layers.1.mlp.fc2.bias"):
         load_from_checkpoint(state_dict, embedding_directory=[])
+
+
+# --- the CLIP object ---------------------------------------------------------------------------------
+
+def tiny_checkpoint(family: str) -> dict[str, torch.Tensor]:
+    """The text-encoder part of a tiny single-file checkpoint of ``family``."""
+    if family == "sd1":
+        return tiny_clip_l_state_dict("cond_stage_model.transformer.")
+    if family == "sd2":
+        return tiny_open_clip_state_dict("cond_stage_model.model.")
+    if family == "sdxl":
+        return {**tiny_clip_l_state_dict(SDXL_L, position_ids=True),
+                **tiny_open_clip_state_dict(SDXL_G, width=48, heads=3)}
+    return tiny_open_clip_state_dict("conditioner.embedders.0.model.", width=48, heads=3)
+
+
+@pytest.mark.parametrize(("family", "width", "pooled"), [
+    ("sd1", 32, 32), ("sd2", 32, 32), ("sdxl", 32 + 48, 48), ("sdxl_refiner", 48, 48)])
+def test_checkpoints_give_a_clip_that_encodes_to_conditioning(family, width, pooled) -> None:
+    clip = load_from_checkpoint(tiny_checkpoint(family), embedding_directory=[])
+    assert clip.family == family
+    conditioning = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    assert len(conditioning) == 1
+    cond, options = conditioning[0]
+    assert cond.shape == (1, 77, width) and cond.dtype == torch.float32
+    assert list(options) == ["pooled_output"] and options["pooled_output"].shape == (1, pooled)
+    again = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    assert torch.equal(cond, again[0][0])
+
+
+def test_clip_encodes_in_float32_from_half_precision_weights() -> None:
+    clip = load_from_checkpoint(tiny_checkpoint("sd1"), embedding_directory=[])
+    assert clip.cond_stage_model.dtypes == {torch.float16}
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a cat"), return_pooled=True)
+    assert cond.dtype == pooled.dtype == torch.float32
+    assert clip.encode("a cat").shape == (1, 77, 32)
+
+
+def test_clip_layer_is_per_clone_and_reaches_the_encoders() -> None:
+    clip = load_from_checkpoint(tiny_checkpoint("sd1"), embedding_directory=[])
+    tokens = clip.tokenize("a cat")
+    last = clip.encode_from_tokens(tokens)
+    skipped = clip.clone()
+    skipped.clip_layer(-2)
+    penultimate = skipped.encode_from_tokens(tokens)
+    assert not torch.equal(last, penultimate)
+    assert torch.equal(clip.encode_from_tokens(tokens), last)
+    skipped.clip_layer(-1)
+    assert torch.equal(skipped.encode_from_tokens(tokens), last)
+
+
+def test_unprojected_pooled_output_on_request() -> None:
+    clip = load_from_checkpoint(tiny_checkpoint("sdxl_refiner"), embedding_directory=[])
+    tokens = clip.tokenize("a cat")
+    projected = clip.encode_from_tokens_scheduled(tokens)[0][1]["pooled_output"]
+    plain = clip.encode_from_tokens_scheduled(tokens, unprojected=True)[0][1]["pooled_output"]
+    g = clip.cond_stage_model.clip_g.transformer.text_projection.weight.float()
+    torch.testing.assert_close(projected, plain @ g.T, rtol=1e-4, atol=1e-4)
+
+
+def test_text_encoder_files_load_alone_and_as_an_sdxl_pair(tmp_path) -> None:
+    clip_l = tmp_path / "clip_l.safetensors"
+    clip_g = tmp_path / "clip_g.safetensors"
+    safetensors.torch.save_file(tiny_clip_l_state_dict(position_ids=False), str(clip_l))
+    safetensors.torch.save_file(tiny_open_clip_state_dict(width=48, heads=3), str(clip_g))
+    single = load_text_encoder_files([str(clip_l)], "stable_diffusion", embedding_directory=[])
+    assert single.family == "sd1"
+    assert single.encode("a cat").shape == (1, 77, 32)
+    pair = load_text_encoder_files([str(clip_g), str(clip_l)], "sdxl", embedding_directory=[])
+    assert pair.family == "sdxl"
+    cond, pooled = pair.encode_from_tokens(pair.tokenize("a cat"), return_pooled=True)
+    assert cond.shape == (1, 77, 80) and pooled.shape == (1, 48)
+    # The same weights from a checkpoint give the same conditioning.
+    from_checkpoint = load_from_checkpoint(tiny_checkpoint("sdxl"), embedding_directory=[])
+    assert torch.equal(from_checkpoint.encode_from_tokens(pair.tokenize("a cat")), cond)
+
+
+def test_lora_key_map_covers_kohya_and_diffusers_names() -> None:
+    sd1 = load_from_checkpoint(tiny_checkpoint("sd1"), embedding_directory=[])
+    keys = set(sd1.cond_stage_model.state_dict())
+    key_map = text_encoder_key_map(sd1)
+    assert set(key_map.values()) <= keys
+    q = "clip_l.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight"
+    assert key_map["lora_te_text_model_encoder_layers_1_self_attn_q_proj"] == q
+    assert key_map["text_encoder.text_model.encoder.layers.1.self_attn.q_proj"] == q
+    sdxl = load_from_checkpoint(tiny_checkpoint("sdxl"), embedding_directory=[])
+    key_map = text_encoder_key_map(sdxl)
+    assert key_map["lora_te1_text_model_encoder_layers_0_mlp_fc1"] == \
+        "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    assert key_map["lora_te2_text_model_encoder_layers_0_mlp_fc1"] == \
+        "clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    assert key_map["text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj"] == \
+        "clip_g.transformer.text_model.encoder.layers.1.self_attn.out_proj.weight"
+    assert set(key_map.values()) <= set(sdxl.cond_stage_model.state_dict())
+    assert sdxl.add_patches({q: ("diff", (torch.zeros(32, 32),))}) == [q]
+
+
+def test_every_kohya_text_encoder_module_of_a_real_lora_resolves() -> None:
+    path = MANIFESTS / "lora_sd15_kohya.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    modules = {key.split(".")[0] for key, _ in json.loads(path.read_text()) if key.startswith("lora_te_")}
+    state_dict = manifest_state_dict("sd15")
+    prefix = "cond_stage_model.transformer."
+    encoder = build_encoder(FAMILIES["sd1"].encoders[0], to_transformers_layout(encoder_weights(state_dict, prefix)),
+                            dtype=None, device=None)
+    key_map = text_encoder_key_map(ClipStack([encoder], "l"))
+    assert len(modules) == 72
+    assert all(module in key_map for module in modules)
+
+
+def test_saving_a_tiny_sdxl_clip_gives_the_checkpoint_layout_back() -> None:
+    original = tiny_checkpoint("sdxl")
+    clip = load_from_checkpoint(original, embedding_directory=[])
+    saved = checkpoint_state_dict(clip)
+    assert set(saved) == set(original)
+    for key, value in original.items():
+        assert saved[key].shape == value.shape
+        if value.is_floating_point():
+            torch.testing.assert_close(saved[key].float(), value.half().float())

@@ -303,10 +303,10 @@ def _lora_names(key: str, has_l: bool) -> tuple[str, ...]:
 def text_encoder_key_map(clip) -> dict[str, str]:
     """LoRA key -> weight key in ``clip.cond_stage_model`` (the keys its patcher patches).
 
-    Covers kohya (``lora_te_``, ``lora_te1_``/``lora_te2_`` for SDXL), diffusers
-    (``text_encoder.``/``text_encoder_2.``) and the generic ``text_encoders.<module>`` names.
+    ``clip`` is a CLIP or its ClipStack. Covers kohya (``lora_te_``, ``lora_te1_``/``lora_te2_`` for
+    SDXL), diffusers (``text_encoder.``/``text_encoder_2.``) and the generic ``text_encoders.<module>`` names.
     """
-    stack: ClipStack = clip.cond_stage_model
+    stack: ClipStack = clip if isinstance(clip, ClipStack) else clip.cond_stage_model
     keys = list(stack.state_dict().keys())
     key_map = {f"text_encoders.{k[:-len('.weight')]}": k for k in keys if k.endswith(".weight")}
     encoders = stack.encoders()
