@@ -377,3 +377,20 @@ def test_a_failing_queue_callback_does_not_stop_the_worker(transport, caplog):
     assert submit(transport, show(1), "one").result(TIMEOUT).status == "success"
     assert submit(transport, show(2), "two").result(TIMEOUT).status == "success"
     assert "callback bug" in caplog.text
+
+
+@pytest.mark.parametrize("prompt_kind", ["success", "error"])
+def test_prompt_finished_signal_comes_after_history_is_written(transport, prompt_kind):
+    """Clients wait for executing {node: None}, then read /history: the entry must already be there."""
+    prompt = show(1) if prompt_kind == "success" else {
+        "1": {"class_type": "Fail", "inputs": {"value": 1, "message": "nope"}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    seen_in_history = []
+
+    def listener(event, data, client_id):
+        if event == "executing" and data["node"] is None:
+            seen_in_history.append(data["prompt_id"] in transport.queue.get_history(data["prompt_id"]))
+
+    transport.add_listener(listener)
+    submit(transport, prompt, f"finished-{prompt_kind}").result(TIMEOUT)
+    assert seen_in_history == [True]

@@ -66,7 +66,7 @@ async def test_progress_over_the_websocket(client):
     assert outputs == (await client.get_history(task.prompt_id))[task.prompt_id]["outputs"]
     assert outputs["2"]["images"][0]["filename"] == "Slow_00001_.png"
     names = [event.event for event in events]
-    assert names[0] == "execution_start" and names[-1] == "execution_success"
+    assert names[0] == "execution_start" and names[-2:] == ["execution_success", "executing"]
     assert {"executing", "progress", "executed", "preview_image"} <= set(names)
     assert all(event.prompt_id == task.prompt_id and event.data["prompt_id"] == task.prompt_id for event in events)
     progress = [event.data["value"] for event in events if event.event == "progress"]

@@ -334,7 +334,6 @@ class _Run:
         finally:
             self.executor.cache.end_prompt(set(self.signatures.values()))
         emit("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
-        emit("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})
         return ExecutionOutcome("success", self.ui_outputs, self.meta)
 
     def _stage_from_cache(self, roots: list[str]) -> list[str]:
@@ -602,7 +601,6 @@ class _Run:
                        "current_inputs": inputs, "current_outputs": list(self.results), "timestamp": now_ms()}
             self.emit("execution_error", payload)
             status = "error"
-        self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
         return ExecutionOutcome(status, self.ui_outputs, self.meta, payload)
 
 

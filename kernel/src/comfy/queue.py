@@ -114,13 +114,16 @@ class PromptQueue:
         return item
 
     def task_done(self, item: QueueItem, outputs: dict[str, Any], status: HistoryStatus,
-                  meta: Optional[dict[str, Any]] = None) -> None:
+                  meta: Optional[dict[str, Any]] = None, on_recorded: Optional[Callable[[], None]] = None) -> None:
+        """Record a finished prompt in history; ``on_recorded`` runs after that, before change callbacks."""
         with self._lock:
             self._running.pop(item.prompt_id, None)
             if len(self._history) >= self.max_history:
                 self._history.popitem(last=False)
             self._history[item.prompt_id] = {"prompt": item.as_tuple(), "outputs": outputs, "status": status,
                                              "meta": meta or {}}
+        if on_recorded is not None:
+            on_recorded()
         self._changed()
 
     def get_current_queue(self) -> tuple[list[list[Any]], list[list[Any]]]:

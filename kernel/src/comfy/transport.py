@@ -204,7 +204,10 @@ class InProcessTransport:
                 "timestamp": now_ms()})
         status: HistoryStatus = {"status_str": "success" if outcome.status == "success" else "error",
                                  "completed": outcome.status == "success", "messages": messages}
-        self.queue.task_done(item, outcome.outputs, status, outcome.meta)
+        # ComfyUI's "prompt finished" signal comes once history holds the entry clients then read,
+        # and before the queue-changed status.
+        self.queue.task_done(item, outcome.outputs, status, outcome.meta, on_recorded=lambda: emit(
+            "executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id}))
         with self._futures_lock:
             future = self._futures.pop(item.prompt_id, None)
         if future is not None and future.set_running_or_notify_cancel():

@@ -23,8 +23,6 @@ _ENDINGS = ("execution_success", "execution_error", "execution_interrupted")
 # Binary websocket frames: 1 = preview [u32 format][image], 4 = preview [u32 length][json][image].
 _PREVIEW, _PREVIEW_WITH_METADATA = 1, 4
 _PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
-# How long a finished prompt may take to appear in the history, in seconds.
-_HISTORY_WAIT = 60.0
 
 
 def _aiohttp() -> Any:
@@ -82,17 +80,15 @@ class RemoteTaskWithProgress:
                 if event == "execution_interrupted":
                     raise PromptInterruptedError(data)
                 history = await client.get_history(self.prompt_id)
-                while self.prompt_id not in history:
-                    # The history is written just after the prompt's last event; the queue status follows it.
-                    await asyncio.wait_for(self._next_status(socket), _HISTORY_WAIT)
-                    history = await client.get_history(self.prompt_id)
                 return history[self.prompt_id]["outputs"]
         finally:
             self._events.put_nowait(None)
 
     async def _follow(self, socket: "aiohttp.ClientWebSocketResponse") -> tuple[str, dict[str, Any]]:
-        """Queue this prompt's events until its ending one, which is returned."""
+        """Queue this prompt's events until ``executing`` with no node (its history is written by then);
+        return the ending event (success, error or interrupted)."""
         aiohttp = _aiohttp()
+        ending: Optional[tuple[str, dict[str, Any]]] = None
         async for message in socket:
             if message.type == aiohttp.WSMsgType.TEXT:
                 event = json.loads(message.data)
@@ -101,7 +97,9 @@ class RemoteTaskWithProgress:
                     continue
                 self._events.put_nowait(ProgressNotification(event["type"], data, self.prompt_id))
                 if event["type"] in _ENDINGS:
-                    return event["type"], data
+                    ending = event["type"], data
+                elif event["type"] == "executing" and data.get("node") is None and ending is not None:
+                    return ending
             elif message.type == aiohttp.WSMsgType.BINARY:
                 preview = _preview(message.data)
                 # A preview without metadata belongs to this client's running prompt, which is this one.
@@ -110,12 +108,6 @@ class RemoteTaskWithProgress:
             else:
                 break
         raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} finished")
-
-    async def _next_status(self, socket: "aiohttp.ClientWebSocketResponse") -> None:
-        async for message in socket:
-            if message.type == _aiohttp().WSMsgType.TEXT and json.loads(message.data).get("type") == "status":
-                return
-        raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} was in the history")
 
     async def progress(self) -> AsyncIterator[ProgressNotification]:
         """This prompt's events in order, ending after its last one."""
