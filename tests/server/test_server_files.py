@@ -171,3 +171,13 @@ async def test_view_previews_channels_and_refusals(server, http, tmp_path):
     (tmp_path / "secret.txt").write_text("secret")
     os.symlink(tmp_path / "secret.txt", server.base / "output" / "leak")
     assert (await get(filename="leak"))[0] == 403
+
+
+async def test_malformed_multipart_upload_is_a_client_error(server, http):
+    body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nbroken header line\r\n\r\nxx\r\n--b--\r\n"
+    for route in ("/upload/image", "/api/upload/mask"):
+        async with http.post(route, data=body,
+                             headers={"Content-Type": "multipart/form-data; boundary=b"}) as response:
+            assert response.status == 400, route
+    async with http.get("/api/queue") as response:
+        assert response.status == 200

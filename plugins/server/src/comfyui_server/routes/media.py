@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Iterator, Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from comfyui_server.files import PathOutsideRoot, atomic_write, contained_path, file_sha256
 from comfyui_server.http import content_disposition, error_response
@@ -93,6 +94,10 @@ async def read_upload_form(request: web.Request, limit: int) -> UploadForm:
                 if total > limit:
                     raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
                 form.fields[part.name] = value.decode("utf-8", errors="replace")
+    except (HttpProcessingError, ValueError) as error:
+        # A malformed part header or boundary is the client's error, not the server's.
+        form.close()
+        raise UploadError(400, f"Malformed multipart body: {error}") from error
     except BaseException:
         form.close()
         raise
