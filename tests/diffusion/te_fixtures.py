@@ -30,6 +30,24 @@ def _fill(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tens
     return state_dict
 
 
+def _encoder_layer_shapes(prefix: str, width: int, layers: int, mlp: int) -> dict[str, tuple[int, ...]]:
+    """transformers-layout encoder layers (``{prefix}N.self_attn.q_proj.weight``...)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for n in range(layers):
+        block = f"{prefix}{n}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{block}self_attn.{proj}.weight"] = (width, width)
+            shapes[f"{block}self_attn.{proj}.bias"] = (width,)
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[f"{block}{norm}.weight"] = (width,)
+            shapes[f"{block}{norm}.bias"] = (width,)
+        shapes[f"{block}mlp.fc1.weight"] = (mlp, width)
+        shapes[f"{block}mlp.fc1.bias"] = (mlp,)
+        shapes[f"{block}mlp.fc2.weight"] = (width, mlp)
+        shapes[f"{block}mlp.fc2.bias"] = (width,)
+    return shapes
+
+
 def tiny_clip_l_state_dict(
     prefix: str = "",
     *,
@@ -51,18 +69,7 @@ def tiny_clip_l_state_dict(
         "text_model.embeddings.token_embedding.weight": (VOCAB_SIZE, width),
         "text_model.embeddings.position_embedding.weight": (CONTEXT_LENGTH, width),
     }
-    for n in range(layers):
-        block = f"text_model.encoder.layers.{n}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[f"{block}self_attn.{proj}.weight"] = (width, width)
-            shapes[f"{block}self_attn.{proj}.bias"] = (width,)
-        for norm in ("layer_norm1", "layer_norm2"):
-            shapes[f"{block}{norm}.weight"] = (width,)
-            shapes[f"{block}{norm}.bias"] = (width,)
-        shapes[f"{block}mlp.fc1.weight"] = (mlp, width)
-        shapes[f"{block}mlp.fc1.bias"] = (mlp,)
-        shapes[f"{block}mlp.fc2.weight"] = (width, mlp)
-        shapes[f"{block}mlp.fc2.bias"] = (width,)
+    shapes.update(_encoder_layer_shapes("text_model.encoder.layers.", width, layers, mlp))
     shapes["text_model.final_layer_norm.weight"] = (width,)
     shapes["text_model.final_layer_norm.bias"] = (width,)
     if projection is not None:
@@ -117,4 +124,26 @@ def tiny_open_clip_state_dict(
     shapes["text_projection"] = (width, projection)
     state_dict = _fill(shapes, seed)
     state_dict["logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    return {prefix + key: value for key, value in state_dict.items()}
+
+
+def tiny_clip_vision_state_dict(prefix: str = "", *, width: int = 32, layers: int = 3, patch_size: int = 14,
+                                image_size: int = 28, projection: int = 16, seed: int = 2) -> dict[str, torch.Tensor]:
+    """A CLIP vision tower in transformers' layout (``vision_model.*``, ``visual_projection.weight``)."""
+    positions = (image_size // patch_size) ** 2 + 1
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_model.embeddings.class_embedding": (width,),
+        "vision_model.embeddings.patch_embedding.weight": (width, 3, patch_size, patch_size),
+        "vision_model.embeddings.position_embedding.weight": (positions, width),
+        "vision_model.pre_layrnorm.weight": (width,),
+        "vision_model.pre_layrnorm.bias": (width,),
+    }
+    shapes.update(_encoder_layer_shapes("vision_model.encoder.layers.", width, layers, 4 * width))
+    shapes["vision_model.post_layernorm.weight"] = (width,)
+    shapes["vision_model.post_layernorm.bias"] = (width,)
+    shapes["visual_projection.weight"] = (projection, width)
+    state_dict = _fill(shapes, seed)
+    # The class embedding is a vector, not a norm weight: keep it small like the other embeddings.
+    state_dict["vision_model.embeddings.class_embedding"] = 0.5 * torch.randn(
+        width, generator=torch.Generator().manual_seed(seed + 100))
     return {prefix + key: value for key, value in state_dict.items()}
