@@ -414,3 +414,25 @@ def test_saving_a_tiny_sdxl_clip_gives_the_checkpoint_layout_back() -> None:
         assert saved[key].shape == value.shape
         if value.is_floating_point():
             torch.testing.assert_close(saved[key].float(), value.half().float())
+
+
+def test_a_text_encoder_lora_changes_the_clone_and_leaves_the_base_as_it_was() -> None:
+    from comfyui_core_nodes.lora import load_lora_for_models
+
+    clip = load_from_checkpoint(tiny_checkpoint("sdxl"), embedding_directory=[])
+    tokens = clip.tokenize("a cat")
+    before = clip.encode_from_tokens(tokens)
+    generator = torch.Generator().manual_seed(7)
+    lora = {}
+    for name, width in (("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 32),
+                        ("lora_te2_text_model_encoder_layers_0_mlp_fc1", 48)):
+        out_width = width if "q_proj" in name else 4 * width
+        lora[f"{name}.lora_down.weight"] = torch.randn(4, width, generator=generator)
+        lora[f"{name}.lora_up.weight"] = torch.randn(out_width, 4, generator=generator)
+        lora[f"{name}.alpha"] = torch.tensor(4.0)
+    _, patched = load_lora_for_models(None, clip, lora, 0.0, 1.0)
+    after = patched.encode_from_tokens(tokens)
+    assert not torch.equal(after[..., :32], before[..., :32])
+    assert not torch.equal(after[..., 32:], before[..., 32:])
+    assert torch.equal(clip.encode_from_tokens(tokens), before)
+    assert torch.equal(patched.encode_from_tokens(tokens), after)
