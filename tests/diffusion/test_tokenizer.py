@@ -1,7 +1,9 @@
 """The CLIP tokenizer and ComfyUI's prompt syntax: ids, weights, escapes, chunks, textual inversions."""
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -209,3 +211,15 @@ def test_embeddings_cannot_escape_their_folder(tmp_path) -> None:
 def test_without_an_embeddings_folder_the_text_is_plain() -> None:
     chunk = SDTokenizer(CLIP_L, embedding_directory=None).tokenize_with_weights("embedding:foo")[0]
     assert prompt_tokens(chunk) == [19703, 796, 281, 23435]
+
+
+REFERENCE = Path(__file__).parent / "data" / "clip_tokenizer_reference.json"
+
+
+def test_ids_equal_transformers_clip_tokenizer_on_unusual_text() -> None:
+    """Ids recorded from transformers' CLIPTokenizer (what ComfyUI runs) on accents, CJK, emoji,
+    control characters, contractions and special tokens."""
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    bpe = shared_bpe()
+    for text, expected in reference["cases"]:
+        assert bpe(text) == expected, text

@@ -20,12 +20,11 @@ _MERGE_COUNT = 49152 - 256 - 2
 _VOCAB_DISTRIBUTION = "openai-clip"
 _VOCAB_FILE = "clip/bpe_simple_vocab_16e6.txt.gz"
 
-# CLIP's pre-tokenisation: special tokens, English contractions, letter runs, single digits, and runs
-# of everything else that is not whitespace.
-_WORD_PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
-)
+# CLIP's pre-tokenisation: English contractions, letter runs, single digits, and runs of everything
+# else that is not whitespace.
+_WORD_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+# Special tokens count only when written exactly so in the raw text (as transformers matches them).
+_SPECIAL_PATTERN = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 _WHITESPACE = regex.compile(r"\s+")
 
 
@@ -78,7 +77,7 @@ class ClipBPE:
         self.merge_ranks: dict[tuple[str, str], int] = {pair: rank for rank, pair in enumerate(merges)}
         self.start_id = self.encoder[START_TOKEN]
         self.end_id = self.encoder[END_TOKEN]
-        self._cache: dict[str, tuple[str, ...]] = {START_TOKEN: (START_TOKEN,), END_TOKEN: (END_TOKEN,)}
+        self._cache: dict[str, tuple[str, ...]] = {}
 
     def _bpe(self, word: str) -> tuple[str, ...]:
         cached = self._cache.get(word)
@@ -113,12 +112,13 @@ class ClipBPE:
     def encode(self, text: str) -> list[int]:
         symbols = byte_symbols()
         ids: list[int] = []
-        for word in _WORD_PATTERN.findall(self.normalize(text)):
-            if word in (START_TOKEN, END_TOKEN):
-                ids.append(self.encoder[word])
+        for piece in _SPECIAL_PATTERN.split(text):
+            if piece in (START_TOKEN, END_TOKEN):
+                ids.append(self.encoder[piece])
                 continue
-            mapped = "".join(symbols[b] for b in word.encode("utf-8"))
-            ids.extend(self.encoder[token] for token in self._bpe(mapped))
+            for word in _WORD_PATTERN.findall(self.normalize(piece)):
+                mapped = "".join(symbols[b] for b in word.encode("utf-8"))
+                ids.extend(self.encoder[token] for token in self._bpe(mapped))
         return ids
 
     def __call__(self, text: str) -> list[int]:
