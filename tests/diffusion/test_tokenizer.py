@@ -223,3 +223,14 @@ def test_ids_equal_transformers_clip_tokenizer_on_unusual_text() -> None:
     bpe = shared_bpe()
     for text, expected in reference["cases"]:
         assert bpe(text) == expected, text
+
+
+def test_the_comfy_sd1_clip_names_custom_nodes_import() -> None:
+    from comfyui_core_nodes.text_encoders import sd1_clip
+
+    escaped = sd1_clip.escape_important(r"a (b:1.2) \(c\)")
+    segments = sd1_clip.token_weights(escaped, 1.0)
+    assert [(sd1_clip.unescape_important(text), weight) for text, weight in segments] == \
+        [("a ", 1.0), ("b", 1.2), (" (c)", 1.0)]
+    assert sd1_clip.parse_parentheses("a (b) c") == ["a ", "(b)", " c"]
+    assert sd1_clip.gen_empty_tokens({"start": START, "end": END, "pad": 0}, 5) == [START, END, 0, 0, 0]

@@ -87,7 +87,8 @@ class ClipVisionModel(nn.Module):
         return x, kept, self.visual_projection(pooled)
 
 
-def clip_preprocess(image: torch.Tensor, size: int = 224, crop: bool = True) -> torch.Tensor:
+def clip_preprocess(image: torch.Tensor, size: int = 224, mean: tuple[float, ...] = CLIP_MEAN,
+                    std: tuple[float, ...] = CLIP_STD, crop: bool = True) -> torch.Tensor:
     """IMAGE (B, H, W, C) to normalised pixels (B, 3, size, size): shorter side to ``size`` and a centre
     crop, or a plain resize; quantised to 8 bits first, as CLIP's training images were."""
     image = image[..., :3].movedim(-1, 1)
@@ -101,9 +102,9 @@ def clip_preprocess(image: torch.Tensor, size: int = 224, crop: bool = True) -> 
         top, left = (image.shape[2] - size) // 2, (image.shape[3] - size) // 2
         image = image[:, :, top:top + size, left:left + size]
     image = torch.clip(255.0 * image, 0, 255).round() / 255.0
-    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype).view(3, 1, 1)
-    return (image - mean) / std
+    mean_tensor = torch.tensor(mean, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    std_tensor = torch.tensor(std, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    return (image - mean_tensor) / std_tensor
 
 
 class Output:
