@@ -234,3 +234,11 @@ def test_the_comfy_sd1_clip_names_custom_nodes_import() -> None:
         [("a ", 1.0), ("b", 1.2), (" (c)", 1.0)]
     assert sd1_clip.parse_parentheses("a (b) c") == ["a ", "(b)", " c"]
     assert sd1_clip.gen_empty_tokens({"start": START, "end": END, "pad": 0}, 5) == [START, END, 0, 0, 0]
+
+
+def test_embeddings_bundled_in_a_lora_file(tmp_path) -> None:
+    write_embedding(tmp_path / "bundle.safetensors", {
+        "bundle_emb.style.string_to_param.*": torch.ones(2, 768),
+        "lora_unet_down.lora_up.weight": torch.zeros(4, 4)})
+    embedding = load_embedding("bundle", [str(tmp_path)], 768, "clip_l")
+    assert embedding.shape == (2, 768) and float(embedding.sum()) == 2 * 768

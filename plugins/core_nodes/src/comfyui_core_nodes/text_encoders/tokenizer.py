@@ -142,10 +142,9 @@ def _raw_zip_embedding(path: str) -> Optional[torch.Tensor]:
     return None
 
 
-def _bundled(contents: dict, suffix_pattern: str) -> Optional[torch.Tensor]:
-    """Embeddings bundled inside a LoRA file (``bundle_emb.<name>.<suffix>`` keys)."""
-    pattern = re.compile(r"bundle_emb\..*" + suffix_pattern + r"$")
-    found = [value for key, value in contents.items() if pattern.match(key)]
+def _bundled(contents: dict, suffix: str) -> Optional[torch.Tensor]:
+    """Embeddings bundled inside a LoRA file (``bundle_emb.<name><suffix>`` keys)."""
+    found = [value for key, value in contents.items() if key.startswith("bundle_emb.") and key.endswith(suffix)]
     return torch.cat(found, dim=0) if found else None
 
 
@@ -176,7 +175,8 @@ def load_embedding(name: str, directories: list[str], width: int, key: Optional[
         return next(iter(contents["string_to_param"].values()))
     if key is not None and key in contents:
         return contents[key]
-    for suffix in (r"\.string_to_param\..*", re.escape(f".{key}")):
+    # The first suffix is literal: kohya names bundled vectors "bundle_emb.<name>.string_to_param.*".
+    for suffix in (".string_to_param.*", f".{key}"):
         bundled = _bundled(contents, suffix)
         if bundled is not None:
             return bundled
@@ -255,9 +255,7 @@ class SDTokenizer:
                     if not leftover:
                         continue
                     piece = leftover
-                exact = self.tokenizer.encoder.get(piece + "</w>")
-                ids = [exact] if exact is not None else self.tokenizer.encode(piece)
-                groups.append([(token, weight) for token in ids])
+                groups.append([(token, weight) for token in self.tokenizer.encode(piece)])
         return groups
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> list[list[tuple]]:
