@@ -4,10 +4,13 @@ from __future__ import annotations
 import importlib
 
 from comfy.hookspecs import hookimpl
+from comfyui_core_nodes.image_options import comfyui_add_image_options  # noqa: F401  (a hookimpl, --disable-metadata)
 
 # Each module exposes NODE_CLASS_MAPPINGS (and optionally NODE_DISPLAY_NAME_MAPPINGS).
 NODE_MODULES: tuple[str, ...] = (
     "comfyui_core_nodes.nodes_conditioning",
+    "comfyui_core_nodes.nodes_image",
+    "comfyui_core_nodes.nodes_mask",
 )
 
 

@@ -1,0 +1,487 @@
+"""Image nodes: loading, saving and previewing PNGs, scaling, padding, cropping, model upscaling.
+
+IMAGE is a float tensor (batch, height, width, channels) in [0, 1]; MASK is (batch, height, width).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from comfy import paths
+from comfy_api.latest import io
+from comfyui_core_nodes import utils
+
+MAX_RESOLUTION = 16384
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CROP_METHODS = ["disabled", "center"]
+
+
+def _metadata_disabled() -> bool:
+    """``--disable-metadata`` (added by ``image_options``)."""
+    from comfy.cli_args import args
+
+    return bool(getattr(args, "disable_metadata", False))
+
+
+def _open_image(path: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _input_images() -> list[str]:
+    directory = paths.get_input_directory()
+    files = [name for name in os.listdir(directory) if os.path.isfile(os.path.join(directory, name))] \
+        if os.path.isdir(directory) else []
+    return sorted(paths.filter_files_content_types(files, ["image"]))
+
+
+def _file_hash(image: str) -> str:
+    digest = hashlib.sha256()
+    with open(paths.get_annotated_filepath(image), "rb") as file:
+        digest.update(file.read())
+    return digest.hexdigest()
+
+
+def _validate_image(image: str) -> Any:
+    if not paths.exists_annotated_filepath(image):
+        return f"Invalid image file: {image}"
+    return True
+
+
+def _frames(path: str):
+    """Each frame of an image file, EXIF-rotated; 16-bit 'I' images scaled to 8-bit range."""
+    from PIL import ImageOps, ImageSequence
+
+    with _open_image(path) as image:
+        for frame in ImageSequence.Iterator(image):
+            frame = ImageOps.exif_transpose(frame)
+            if frame.mode == "I":
+                frame = frame.point(lambda value: value * (1 / 255))
+            yield image.format, frame
+
+
+class LoadImage:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": (_input_images(), {"image_upload": True})}}
+
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    def load_image(self, image: str):
+        images, masks = [], []
+        size = None
+        image_format = None
+        for image_format, frame in _frames(paths.get_annotated_filepath(image)):
+            rgb = frame.convert("RGB")
+            if size is None:
+                size = rgb.size
+            if rgb.size != size:
+                continue  # frames of another size cannot share a batch
+            images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,])
+            if "A" in frame.getbands():
+                alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)  # MASK is 1 where the image is transparent
+            elif frame.mode == "P" and "transparency" in frame.info:
+                alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)
+            else:
+                mask = torch.zeros((64, 64), dtype=torch.float32, device="cpu")
+            masks.append(mask.unsqueeze(0))
+        if len(images) > 1 and image_format != "MPO":
+            return torch.cat(images, dim=0), torch.cat(masks, dim=0)
+        return images[0], masks[0]
+
+    @classmethod
+    def IS_CHANGED(cls, image):
+        return _file_hash(image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        return _validate_image(image)
+
+
+class LoadImageMask:
+    _color_channels = ["alpha", "red", "green", "blue"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        directory = paths.get_input_directory()
+        files = sorted(name for name in os.listdir(directory) if os.path.isfile(os.path.join(directory, name))) \
+            if os.path.isdir(directory) else []
+        return {"required": {"image": (files, {"image_upload": True}), "channel": (cls._color_channels,)}}
+
+    CATEGORY = "mask"
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "load_image"
+
+    def load_image(self, image: str, channel: str):
+        from PIL import ImageOps
+
+        with _open_image(paths.get_annotated_filepath(image)) as opened:
+            frame = ImageOps.exif_transpose(opened)
+            if frame.getbands() != ("R", "G", "B", "A"):
+                if frame.mode == "I":
+                    frame = frame.point(lambda value: value * (1 / 255))
+                frame = frame.convert("RGBA")
+            band = channel[0].upper()
+            if band not in frame.getbands():
+                return (torch.zeros((64, 64), dtype=torch.float32, device="cpu").unsqueeze(0),)
+            mask = torch.from_numpy(np.array(frame.getchannel(band)).astype(np.float32) / 255.0)
+        if band == "A":
+            mask = 1.0 - mask
+        return (mask.unsqueeze(0),)
+
+    @classmethod
+    def IS_CHANGED(cls, image, channel):
+        return _file_hash(image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        return _validate_image(image)
+
+
+class SaveImage:
+    def __init__(self):
+        self.output_dir = paths.get_output_directory()
+        self.type = "output"
+        self.prefix_append = ""
+        self.compress_level = 4
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The images to save."}),
+            "filename_prefix": ("STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save. This "
+                                           "may include formatting information such as %date:yyyy-MM-dd% or "
+                                           "%Empty Latent Image.width% to include values from nodes."}),
+        }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    CATEGORY = "image"
+    DESCRIPTION = "Saves the input images to your ComfyUI output directory."
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        filename_prefix += self.prefix_append
+        folder, filename, counter, subfolder, _ = paths.get_save_image_path(
+            filename_prefix, self.output_dir, images[0].shape[1], images[0].shape[0])
+        results = []
+        for batch_number, image in enumerate(images):
+            pixels = np.clip(255.0 * image.float().cpu().numpy(), 0, 255).astype(np.uint8)
+            metadata = None
+            if not _metadata_disabled():
+                metadata = PngInfo()
+                if prompt is not None:
+                    metadata.add_text("prompt", json.dumps(prompt))
+                for key, value in (extra_pnginfo or {}).items():
+                    metadata.add_text(key, json.dumps(value))
+            name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+            Image.fromarray(pixels).save(os.path.join(folder, name), pnginfo=metadata,
+                                         compress_level=self.compress_level)
+            results.append({"filename": name, "subfolder": subfolder, "type": self.type})
+            counter += 1
+        return {"ui": {"images": results}}
+
+
+class PreviewImage(SaveImage):
+    def __init__(self):
+        self.output_dir = paths.get_temp_directory()
+        self.type = "temp"
+        # A random suffix keeps concurrent previews from overwriting each other.
+        self.prefix_append = "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+        self.compress_level = 1
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+
+def _scaled(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    return utils.common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
+
+
+class ImageScale:
+    upscale_methods = UPSCALE_METHODS
+    crop_methods = CROP_METHODS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "upscale_method": (cls.upscale_methods,),
+                             "width": ("INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+                             "height": ("INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+                             "crop": (cls.crop_methods,)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "image/upscaling"
+
+    def upscale(self, image, upscale_method, width, height, crop):
+        if width == 0 and height == 0:
+            return (image,)
+        # A zero side follows the other with the aspect ratio kept.
+        if width == 0:
+            width = max(1, round(image.shape[2] * height / image.shape[1]))
+        elif height == 0:
+            height = max(1, round(image.shape[1] * width / image.shape[2]))
+        return (_scaled(image, width, height, upscale_method, crop),)
+
+
+class ImageScaleBy:
+    upscale_methods = UPSCALE_METHODS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "upscale_method": (cls.upscale_methods,),
+                             "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "image/upscaling"
+
+    def upscale(self, image, upscale_method, scale_by):
+        width, height = round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
+        return (_scaled(image, width, height, upscale_method, "disabled"),)
+
+
+class ImageScaleToTotalPixels(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ImageScaleToTotalPixels", display_name="Scale Image to Total Pixels", category="image/upscaling",
+            inputs=[io.Image.Input("image"), io.Combo.Input("upscale_method", options=UPSCALE_METHODS),
+                    io.Float.Input("megapixels", default=1.0, min=0.01, max=16.0, step=0.01),
+                    io.Int.Input("resolution_steps", default=1, min=1, max=256, optional=True)],
+            outputs=[io.Image.Output()])
+
+    @classmethod
+    def execute(cls, image, upscale_method, megapixels, resolution_steps=1) -> io.NodeOutput:
+        scale_by = math.sqrt(megapixels * 1024 * 1024 / (image.shape[2] * image.shape[1]))
+        width = round(image.shape[2] * scale_by / resolution_steps) * resolution_steps
+        height = round(image.shape[1] * scale_by / resolution_steps) * resolution_steps
+        return io.NodeOutput(_scaled(image, int(width), int(height), upscale_method, "disabled"))
+
+
+class ImageInvert:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "invert"
+    CATEGORY = "image"
+
+    def invert(self, image):
+        return (1.0 - image,)
+
+
+class ImageBatch:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "batch"
+    CATEGORY = "image"
+
+    def batch(self, image1, image2):
+        if image1.shape[-1] != image2.shape[-1]:
+            # An RGB image joins an RGBA batch with an opaque alpha channel.
+            if image1.shape[-1] > image2.shape[-1]:
+                image2 = torch.nn.functional.pad(image2, (0, 1), mode="constant", value=1.0)
+            else:
+                image1 = torch.nn.functional.pad(image1, (0, 1), mode="constant", value=1.0)
+        if image1.shape[1:] != image2.shape[1:]:
+            image2 = _scaled(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
+        return (torch.cat((image1, image2), dim=0),)
+
+
+class EmptyImage:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
+                             "height": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
+                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+                             "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1,
+                                               "display": "color"})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "generate"
+    CATEGORY = "image"
+
+    def generate(self, width, height, batch_size=1, color=0):
+        channels = [torch.full([batch_size, height, width, 1], ((color >> shift) & 0xFF) / 0xFF) for shift in (16, 8, 0)]
+        return (torch.cat(channels, dim=-1),)
+
+
+class ImagePadForOutpaint:
+    @classmethod
+    def INPUT_TYPES(cls):
+        def side():
+            return ("INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8})
+
+        return {"required": {"image": ("IMAGE",), "left": side(), "top": side(), "right": side(), "bottom": side(),
+                             "feathering": ("INT", {"default": 40, "min": 0, "max": MAX_RESOLUTION, "step": 1})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "expand_image"
+    CATEGORY = "image"
+
+    def expand_image(self, image, left, top, right, bottom, feathering):
+        batch, height, width, channels = image.size()
+        padded = torch.ones((batch, height + top + bottom, width + left + right, channels), dtype=torch.float32) * 0.5
+        padded[:, top:top + height, left:left + width, :] = image
+        mask = torch.ones((batch, height + top + bottom, width + left + right), dtype=torch.float32)
+        inner = torch.zeros((height, width), dtype=torch.float32)
+        if feathering > 0 and feathering * 2 < height and feathering * 2 < width:
+            # Inside the old borders that were extended, fade the mask in quadratically over `feathering`.
+            rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+            cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width)
+            # Sides that were not extended count as far away (their full extent).
+            distance = torch.stack([rows if top else torch.full_like(rows, height),
+                                    (height - rows) if bottom else torch.full_like(rows, height),
+                                    cols if left else torch.full_like(cols, width),
+                                    (width - cols) if right else torch.full_like(cols, width)]).amin(0)
+            ramp = (feathering - distance) / feathering
+            inner = torch.where(distance < feathering, ramp * ramp, inner)
+        mask[:, top:top + height, left:left + width] = inner
+        return padded, mask
+
+
+class ImageCrop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ImageCrop", search_aliases=["trim"], display_name="Image Crop", category="image/transform",
+            inputs=[io.Image.Input("image"),
+                    io.Int.Input("width", default=512, min=1, max=MAX_RESOLUTION, step=1),
+                    io.Int.Input("height", default=512, min=1, max=MAX_RESOLUTION, step=1),
+                    io.Int.Input("x", default=0, min=0, max=MAX_RESOLUTION, step=1),
+                    io.Int.Input("y", default=0, min=0, max=MAX_RESOLUTION, step=1)],
+            outputs=[io.Image.Output()])
+
+    @classmethod
+    def execute(cls, image, width, height, x, y) -> io.NodeOutput:
+        x = min(x, image.shape[2] - 1)
+        y = min(y, image.shape[1] - 1)
+        return io.NodeOutput(image[:, y:y + height, x:x + width, :])
+
+
+# --- upscale models (spandrel) --------------------------------------------------------------------
+
+class SpandrelMissingError(RuntimeError):
+    """Upscale models need the spandrel package (which needs torchvision)."""
+
+
+def _spandrel() -> Any:
+    try:
+        import spandrel
+    except ImportError as error:
+        raise SpandrelMissingError(
+            "Upscale models are loaded with the 'spandrel' package, which is not installed: "
+            "pip install spandrel (it needs torchvision matching your torch).") from error
+    return spandrel
+
+
+class UpscaleModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model_name": (paths.get_filename_list("upscale_models"),)}}
+
+    RETURN_TYPES = ("UPSCALE_MODEL",)
+    FUNCTION = "load_model"
+    CATEGORY = "loaders"
+
+    def load_model(self, model_name):
+        from comfyui_core_nodes.loading import load_torch_file, state_dict_prefix_replace
+
+        spandrel = _spandrel()
+        state_dict = load_torch_file(paths.get_full_path_or_raise("upscale_models", model_name), safe_load=True)
+        if "module.layers.0.residual_group.blocks.0.norm1.weight" in state_dict:
+            state_dict = state_dict_prefix_replace(state_dict, {"module.": ""})
+        model = spandrel.ModelLoader().load_from_state_dict(state_dict).eval()
+        if not isinstance(model, spandrel.ImageModelDescriptor):
+            raise ValueError(f"{model_name} is not a single-image upscale model")
+        return (model,)
+
+
+class ImageUpscaleWithModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "image/upscaling"
+
+    def upscale(self, upscale_model, image):
+        from comfy.progress import ProgressBar
+        from comfyui_core_nodes import model_management
+
+        device = model_management.get_torch_device()
+        upscale_model.to(device)
+        pixels = image.movedim(-1, -3).to(device)
+        tile, overlap = 512, 32
+        while True:
+            try:
+                steps = pixels.shape[0] * utils.get_tiled_scale_steps(pixels.shape[3], pixels.shape[2], tile_x=tile,
+                                                                       tile_y=tile, overlap=overlap)
+                progress = ProgressBar(steps)
+                scaled = utils.tiled_scale(pixels, lambda tile_pixels: upscale_model(tile_pixels), tile_x=tile,
+                                           tile_y=tile, overlap=overlap, upscale_amount=upscale_model.scale,
+                                           pbar=progress)
+                break
+            except model_management.OOM_EXCEPTION:
+                # Out of memory: smaller tiles, down to 128 pixels.
+                tile //= 2
+                if tile < 128:
+                    raise
+        upscale_model.to("cpu")
+        return (torch.clamp(scaled.movedim(-3, -1), min=0, max=1.0),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadImage": LoadImage,
+    "LoadImageMask": LoadImageMask,
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+    "ImageScale": ImageScale,
+    "ImageScaleBy": ImageScaleBy,
+    "ImageScaleToTotalPixels": ImageScaleToTotalPixels,
+    "ImageInvert": ImageInvert,
+    "ImageBatch": ImageBatch,
+    "ImagePadForOutpaint": ImagePadForOutpaint,
+    "EmptyImage": EmptyImage,
+    "ImageCrop": ImageCrop,
+    "UpscaleModelLoader": UpscaleModelLoader,
+    "ImageUpscaleWithModel": ImageUpscaleWithModel,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SaveImage": "Save Image",
+    "PreviewImage": "Preview Image",
+    "LoadImage": "Load Image",
+    "LoadImageMask": "Load Image (as Mask)",
+    "ImageScale": "Upscale Image",
+    "ImageScaleBy": "Upscale Image By",
+    "ImageInvert": "Invert Image",
+    "ImagePadForOutpaint": "Pad Image for Outpainting",
+    "ImageBatch": "Batch Images",
+    "UpscaleModelLoader": "Load Upscale Model",
+    "ImageUpscaleWithModel": "Upscale Image (using Model)",
+}
