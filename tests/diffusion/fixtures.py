@@ -39,7 +39,14 @@ TINY_UNETS: dict[str, UNetConfig] = {
                                transformer_depth_middle=1, context_dim=TEXT_WIDTH, use_linear_in_transformer=True,
                                adm_in_channels=TEXT_WIDTH + 5 * SIZE_EMBEDDING, num_heads=-1,
                                num_head_channels=64),
+    # SD1's full block structure (four levels, two ResBlocks each) with few channels, for T2I-Adapters.
+    "sd1_four_levels": UNetConfig(model_channels=32, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
+                                  transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                                  transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                                  transformer_depth_middle=1, context_dim=TEXT_WIDTH, use_linear_in_transformer=False,
+                                  num_heads=8, num_head_channels=-1),
 }
+TEXT_ENCODER_FAMILY = {"sd1_four_levels": "sd1"}
 TINY_VAE = VAEConfig(ch=32, ch_mult=[1, 1, 1, 1], num_res_blocks=1)
 
 
@@ -81,6 +88,7 @@ def text_encoder_state_dict(family: str, seed: int = 200) -> dict[str, torch.Ten
     import te_fixtures
     from comfyui_core_nodes.text_encoders import heads_for_width
 
+    family = TEXT_ENCODER_FAMILY.get(family, family)
     heads = heads_for_width(TEXT_WIDTH)
     if family == "sd1":
         return te_fixtures.tiny_clip_l_state_dict("cond_stage_model.transformer.", width=TEXT_WIDTH, seed=seed)
@@ -153,6 +161,25 @@ def lora_state_dict(family: str = "sd1", rank: int = 2, seed: int = 300, text_en
     return out
 
 
+def controlnet_state_dict(family: str = "sd1", prefix: str = "control_model.", seed: int = 400
+                          ) -> dict[str, torch.Tensor]:
+    """A ControlNet for the tiny ``family`` UNet in the original lllyasviel layout (RGB hint)."""
+    from comfyui_core_nodes.controlnet import ControlNetModel
+
+    with torch.device("meta"):
+        control = ControlNetModel(TINY_UNETS[family], hint_channels=3)
+    return {prefix + key: value for key, value in random_state_dict(module_shapes(control), seed).items()}
+
+
+def t2i_adapter_state_dict(seed: int = 500) -> dict[str, torch.Tensor]:
+    """A full T2I-Adapter for the ``sd1_four_levels`` UNet (widths 32/64/128/128), RGB hint."""
+    from comfyui_core_nodes.controlnet import Adapter
+
+    with torch.device("meta"):
+        adapter = Adapter([32, 64, 128, 128], nums_rb=2, cin=3 * 64, ksize=1, use_conv=False)
+    return random_state_dict(module_shapes(adapter), seed)
+
+
 def manifest(name: str) -> list[tuple[str, list[int]]]:
     return [(key, shape) for key, shape in json.loads((MANIFESTS / f"{name}.json").read_text())]
 
@@ -181,7 +208,8 @@ def image(height: int = 64, width: int = 64, batch: int = 1, seed: int = 0) -> t
     return torch.stack(channels, dim=-1).float()
 
 
-__all__ = ["MANIFESTS", "TEXT_WIDTH", "TINY_UNETS", "TINY_VAE", "checkpoint_state_dict", "image", "lora_state_dict",
+__all__ = ["MANIFESTS", "TEXT_WIDTH", "TINY_UNETS", "TINY_VAE", "checkpoint_state_dict", "controlnet_state_dict",
+           "core_comfy", "image", "lora_state_dict", "stop_kernel", "t2i_adapter_state_dict",
            "manifest", "manifest_state_dict", "models_folder", "random_state_dict", "save_state_dict",
            "text_encoder_state_dict", "unet_state_dict", "vae_state_dict", "write_checkpoint"]
 

@@ -221,9 +221,11 @@ class ControlBase:
 class ControlNet(ControlBase):
     def __init__(self, control_model: Optional[ControlNetModel] = None, global_average_pooling: bool = False,
                  load_device: Optional[torch.device] = None, manual_cast_dtype: Optional[torch.dtype] = None,
-                 ckpt_name: Optional[str] = None):
+                 ckpt_name: Optional[str] = None, family: Optional[str] = None):
         super().__init__()
         self.control_model = control_model
+        # The model family the ControlNet was detected as (its UNet encoder's shapes).
+        self.family = family
         self.load_device = load_device
         self.manual_cast_dtype = manual_cast_dtype
         self.global_average_pooling = global_average_pooling
@@ -236,7 +238,8 @@ class ControlNet(ControlBase):
             self.control_model_wrapped.ckpt_name = os.path.basename(ckpt_name) if ckpt_name else None
 
     def copy(self) -> "ControlNet":
-        other = ControlNet(None, self.global_average_pooling, self.load_device, self.manual_cast_dtype)
+        other = ControlNet(None, self.global_average_pooling, self.load_device, self.manual_cast_dtype,
+                           family=self.family)
         other.control_model = self.control_model
         other.control_model_wrapped = self.control_model_wrapped
         self.copy_to(other)
@@ -246,6 +249,10 @@ class ControlNet(ControlBase):
         return super().get_models() + [self.control_model_wrapped]
 
     def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
+        model_family = getattr(getattr(model, "model_config", None), "family", None)
+        if self.family is not None and model_family is not None and model_family != self.family:
+            raise ValueError(f"This ControlNet is for {detection.FAMILIES_BY_NAME[self.family].description} models, "
+                             f"but the model being sampled is {detection.FAMILIES_BY_NAME[model_family].description}")
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling_current = model.model_sampling
 
@@ -481,7 +488,7 @@ def load_controlnet_state_dict(sd: dict[str, torch.Tensor], model: Any = None, m
     control_model.eval()
     global_average_pooling = model_options.get("global_average_pooling", False)
     return ControlNet(control_model, global_average_pooling=global_average_pooling, load_device=load_device,
-                      manual_cast_dtype=manual_cast, ckpt_name=ckpt_name)
+                      manual_cast_dtype=manual_cast, ckpt_name=ckpt_name, family=config.family)
 
 
 def load_controlnet(ckpt_path: str, model: Any = None, model_options: Optional[dict] = None) -> ControlBase:
