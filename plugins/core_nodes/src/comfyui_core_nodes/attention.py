@@ -187,7 +187,8 @@ def attention_sub_quad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     attn_precision = attention_precision(attn_precision, q.dtype)
     dtype = q.dtype
     q, k, v, b, dim_head = _to_batch_heads(q, k, v, heads, skip_reshape)
-    key_t = k.transpose(1, 2)
+    # A contiguous transposed key, as ComfyUI lays it out: BLAS picks its kernel by layout.
+    key_t = k.transpose(1, 2).contiguous()
     upcast = attn_precision == torch.float32 and dtype != torch.float32
     bytes_per_token = 4 if upcast else torch.finfo(dtype).bits // 8
     batch_x_heads, _, k_tokens = q.shape[0], q.shape[1], key_t.shape[2]
