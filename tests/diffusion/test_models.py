@@ -122,3 +122,117 @@ def test_vae_round_trip_and_tiled_decoding_agree():
 def test_model_management_reports_cpu_here():
     assert model_management.get_torch_device() == torch.device("cpu")
     assert model_management.intermediate_device() == torch.device("cpu")
+
+
+def txt2img(checkpoint: str, seed: int = 3, model: list | None = None, steps: int = 2) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cube", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "ks": {"class_type": "KSampler", "inputs": {"model": model or ["ckpt", 0], "seed": seed, "steps": steps,
+                                                    "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+                                                    "positive": ["pos", 0], "negative": ["neg", 0],
+                                                    "latent_image": ["empty", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"m{seed}"}},
+    }
+
+
+@pytest.mark.parametrize("method, kind", [("latent2rgb", "latent2rgb"), ("auto", "taesd"), ("none", None)])
+async def test_sampling_previews(tmp_path, comfy, method, kind):
+    from comfyui_core_nodes.preview import taesd_decoder
+
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "tiny.safetensors", "sd1")
+    with torch.device("meta"):
+        shapes = fixtures.module_shapes(taesd_decoder())
+    fixtures.save_state_dict(fixtures.random_state_dict(shapes),
+                             fixtures.models_folder(tmp_path, "vae_approx") / "taesd_decoder.safetensors")
+    previews = []
+    async with comfy(preview_method=method, preview_size=256) as client:
+        task = client.queue_with_progress(txt2img("tiny.safetensors"))
+        async for notification in task.progress():
+            if notification.event == "preview_image":
+                previews.append(notification.data["image"])
+        await task.get()
+    if kind is None:
+        assert previews == []
+        return
+    assert len(previews) == 2
+    image_format, image, max_size = previews[-1]
+    # latent2rgb shows the latent's own size; TAESD decodes to the image's.
+    assert (image_format, max_size) == ("JPEG", 256)
+    assert image.size == ((8, 8) if kind == "latent2rgb" else (64, 64))
+
+
+async def test_vanilla_modules_resolve_to_this_plugin(tmp_path, comfy):
+    import importlib
+
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "tiny.safetensors", "sd1")
+    async with comfy():
+        nodes = importlib.import_module("nodes")
+        sd = importlib.import_module("comfy.sd")
+        utils = importlib.import_module("comfy.utils")
+        mm = importlib.import_module("comfy.model_management")
+        assert nodes.MAX_RESOLUTION == 16384
+        assert nodes.NODE_CLASS_MAPPINGS["VAEDecode"] is nodes.VAEDecode
+        assert mm.get_torch_device() == torch.device("cpu") and mm is model_management
+        # How vanilla custom nodes load a checkpoint and use it.
+        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("tiny.safetensors")
+        assert model.model.model_config.unet_config["model_channels"] == 32
+        out = sd.load_checkpoint_guess_config(str(tmp_path / "models" / "checkpoints" / "tiny.safetensors"))
+        assert len(out) == 4 and out[3] is None
+        pixels = utils.common_upscale(torch.rand(1, 3, 8, 8), 16, 12, "bilinear", "center")
+        assert pixels.shape == (1, 3, 12, 16)
+        for name in ("comfy.model_patcher", "comfy.model_base", "comfy.lora", "comfy.controlnet",
+                     "comfy.latent_formats", "comfy.model_sampling", "comfy.ops", "comfy.conds", "latent_preview",
+                     "comfy.ldm.modules.attention"):
+            assert importlib.import_module(name).__name__.startswith("comfyui_core_nodes."), name
+
+
+async def test_model_tweak_nodes_and_checkpoint_save(tmp_path, comfy):
+    from comfyui_core_nodes.sd import load_checkpoint_guess_config
+
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "a.safetensors", "sd1", seed=0)
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "b.safetensors", "sd1", seed=1)
+
+    def pixels(outputs: dict, node: str = "save") -> np.ndarray:
+        return saved(tmp_path, {"save": outputs[node]})[0]
+
+    merged = txt2img("a.safetensors", model=["merge", 0])
+    merged["other"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}}
+    merged["merge"] = {"class_type": "ModelMergeSimple", "inputs": {"model1": ["ckpt", 0], "model2": ["other", 0],
+                                                                    "ratio": 1.0}}
+    tweaked = txt2img("a.safetensors", model=["rescale", 0])
+    tweaked["freeu"] = {"class_type": "FreeU_V2", "inputs": {"model": ["ckpt", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9,
+                                                             "s2": 0.2}}
+    tweaked["vpred"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["freeu", 0],
+                                                                          "sampling": "v_prediction", "zsnr": True}}
+    tweaked["rescale"] = {"class_type": "RescaleCFG", "inputs": {"model": ["vpred", 0], "multiplier": 0.7}}
+    save = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+            "other": merged["other"],
+            "merge": {"class_type": "ModelMergeBlocks", "inputs": {"model1": ["ckpt", 0], "model2": ["other", 0],
+                                                                   "input": 0.0, "middle": 1.0, "out": 1.0}},
+            "write": {"class_type": "CheckpointSave", "inputs": {"model": ["merge", 0], "clip": ["ckpt", 1],
+                                                                 "vae": ["ckpt", 2],
+                                                                 "filename_prefix": "checkpoints/merged"}}}
+    async with comfy() as client:
+        plain = pixels(await client.queue_prompt(txt2img("a.safetensors")))
+        # ratio 1.0 keeps model1 entirely.
+        assert np.array_equal(pixels(await client.queue_prompt(merged)), plain)
+        merged["merge"]["inputs"]["ratio"] = 0.5
+        assert not np.array_equal(pixels(await client.queue_prompt(merged)), plain)
+        assert not np.array_equal(pixels(await client.queue_prompt(tweaked)), plain)
+        await client.queue_prompt(save)
+        # The base model is unchanged after merging and tweaking.
+        assert np.array_equal(pixels(await client.queue_prompt(txt2img("a.safetensors"))), plain)
+    written = tmp_path / "output" / "checkpoints" / "merged_00001_.safetensors"
+    model, clip, vae, _ = load_checkpoint_guess_config(str(written))
+    a = fixtures.checkpoint_state_dict("sd1", seed=0)
+    b = fixtures.checkpoint_state_dict("sd1", seed=1)
+    state = model.model.diffusion_model.state_dict()
+    # input blocks from model2 (ratio 0), the rest from model1; the VAE as it was.
+    assert torch.equal(state["input_blocks.1.0.in_layers.2.weight"], b["model.diffusion_model.input_blocks.1.0.in_layers.2.weight"])
+    assert torch.equal(state["out.2.weight"], a["model.diffusion_model.out.2.weight"])
+    assert torch.equal(vae.get_sd()["decoder.conv_in.weight"], a["first_stage_model.decoder.conv_in.weight"])
+    assert clip is not None
