@@ -10,7 +10,7 @@ from PIL import Image
 
 import fixtures
 from comfy.transport import PromptExecutionError
-from comfyui_core_nodes import controlnet, model_management
+from comfyui_core_nodes import controlnet
 from comfyui_core_nodes.sd import load_state_dict_guess_config
 
 

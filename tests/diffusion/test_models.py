@@ -236,3 +236,51 @@ async def test_model_tweak_nodes_and_checkpoint_save(tmp_path, comfy):
     assert torch.equal(state["out.2.weight"], a["model.diffusion_model.out.2.weight"])
     assert torch.equal(vae.get_sd()["decoder.conv_in.weight"], a["first_stage_model.decoder.conv_in.weight"])
     assert clip is not None
+
+
+async def test_sdxl_base_then_refiner_and_an_inpainting_model(tmp_path, comfy):
+    folder = fixtures.models_folder(tmp_path)
+    fixtures.write_checkpoint(folder / "xl.safetensors", "sdxl")
+    fixtures.write_checkpoint(folder / "refiner.safetensors", "sdxl_refiner")
+    fixtures.write_checkpoint(folder / "inpaint.safetensors", "sd1", inpaint=True)
+
+    def advanced(model: list, positive: str, negative: str, latent: list, start: int, end: int, noise: str,
+                 leftover: str) -> dict:
+        return {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": model, "add_noise": noise, "noise_seed": 11, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": [positive, 0], "negative": [negative, 0], "latent_image": latent,
+            "start_at_step": start, "end_at_step": end, "return_with_leftover_noise": leftover}}
+
+    def encode_xl(text: str) -> dict:
+        return {"class_type": "CLIPTextEncodeSDXL", "inputs": {
+            "clip": ["base", 1], "width": 64, "height": 64, "crop_w": 0, "crop_h": 0, "target_width": 64,
+            "target_height": 64, "text_g": text, "text_l": text}}
+
+    def encode_refiner(text: str, score: float) -> dict:
+        return {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"clip": ["refiner", 1], "ascore": score,
+                                                                      "width": 64, "height": 64, "text": text}}
+
+    two_stage = {
+        "base": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "xl.safetensors"}},
+        "refiner": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "refiner.safetensors"}},
+        "pos": encode_xl("a cube"), "neg": encode_xl("blurry"),
+        "rpos": encode_refiner("a cube", 6.0), "rneg": encode_refiner("blurry", 2.5),
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "first": advanced(["base", 0], "pos", "neg", ["empty", 0], 0, 3, "enable", "enable"),
+        "second": advanced(["refiner", 0], "rpos", "rneg", ["first", 0], 3, 10000, "disable", "disable"),
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["second", 0], "vae": ["base", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "xl"}},
+    }
+    inpaint = txt2img("inpaint.safetensors", model=["ckpt", 0])
+    inpaint["source"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                                "color": 0x336699}}
+    inpaint["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 32}}
+    inpaint["encode"] = {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["source", 0], "vae": ["ckpt", 2],
+                                                                         "mask": ["mask", 0], "grow_mask_by": 6}}
+    inpaint["ks"]["inputs"]["latent_image"] = ["encode", 0]
+    async with comfy() as client:
+        refined = saved(tmp_path, await client.queue_prompt(two_stage))[0]
+        again = saved(tmp_path, await client.queue_prompt(two_stage))[0]
+        painted = saved(tmp_path, await client.queue_prompt(inpaint))[0]
+    assert refined.shape == (64, 64, 3) and np.array_equal(refined, again)
+    assert painted.shape == (64, 64, 3)
