@@ -180,6 +180,9 @@ async def test_vanilla_modules_resolve_to_this_plugin(tmp_path, comfy):
         # How vanilla custom nodes load a checkpoint and use it.
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("tiny.safetensors")
         assert model.model.model_config.unet_config["model_channels"] == 32
+        assert isinstance(clip, sd.CLIP) and isinstance(vae, sd.VAE)
+        detect = importlib.import_module("comfy.model_detection").detect_unet_config
+        assert detect(fixtures.unet_state_dict("sdxl"), "model.diffusion_model.")["adm_in_channels"] == 1568
         out = sd.load_checkpoint_guess_config(str(tmp_path / "models" / "checkpoints" / "tiny.safetensors"))
         assert len(out) == 4 and out[3] is None
         pixels = utils.common_upscale(torch.rand(1, 3, 8, 8), 16, 12, "bilinear", "center")

@@ -165,6 +165,19 @@ def model_config_for(sd: Mapping[str, Any], prefix: str = "") -> Optional[ModelC
                        memory_usage_factor=family.memory_usage_factor)
 
 
+def detect_unet_config(state_dict: Mapping[str, Any], key_prefix: str = "", metadata: Any = None
+                       ) -> Optional[dict[str, Any]]:
+    """ComfyUI's name: the UNet configuration as a dict, or None."""
+    config = model_config_for(state_dict, key_prefix)
+    return config.unet_config if config is not None else None
+
+
+def model_config_from_unet(state_dict: Mapping[str, Any], unet_key_prefix: str = "",
+                           use_base_if_no_match: bool = False, metadata: Any = None) -> Optional[ModelConfig]:
+    """ComfyUI's name for ``model_config_for``."""
+    return model_config_for(state_dict, unet_key_prefix)
+
+
 def find_unet_prefix(sd: Mapping[str, Any]) -> Optional[str]:
     for prefix in UNET_PREFIXES:
         if f"{prefix}input_blocks.0.0.weight" in sd:
@@ -205,5 +218,6 @@ def is_diffusers_unet(sd: Mapping[str, Any]) -> bool:
 
 
 __all__ = ["FAMILIES", "FAMILIES_BY_NAME", "Family", "UnknownModelError", "describe", "detect_family",
+           "detect_unet_config", "model_config_from_unet",
            "find_unet_prefix", "guess_other_kind", "is_diffusers_unet", "model_config_for", "summarize_keys",
            "unet_config_from_state_dict"]

@@ -181,6 +181,15 @@ def save_checkpoint(output_path: str, model: ModelPatcher, clip: Any = None, vae
     save_torch_file(sd, output_path, metadata=metadata)
 
 
+def __getattr__(name: str) -> Any:
+    # The text encoders import this plugin's loading code; reaching CLIP lazily avoids the cycle.
+    if name == "CLIP":
+        from comfyui_core_nodes.text_encoders import CLIP
+
+        return CLIP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["CheckpointError", "VAE", "checkpoint_state_dict", "load_checkpoint_guess_config", "load_clip",
            "load_diffusion_model", "load_diffusion_model_state_dict", "load_lora_for_models", "load_model_weights",
            "load_state_dict_guess_config", "load_unet", "load_unet_state_dict", "load_vae", "save_checkpoint"]
