@@ -32,6 +32,8 @@ BASE_INFERENCE_MEMORY = int(0.8 * GIGABYTE)
 DEFAULT_RESERVED_VRAM = 400 * 1024 * 1024
 # Share of free memory partial loading may give to weights when the model does not fit.
 MIN_WEIGHT_MEMORY_RATIO = 0.4
+# Partial loading is always possible here (ComfyUI turns it off only for DirectML).
+lowvram_available = True
 FLOAT8_TYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 
 
@@ -220,6 +222,18 @@ def is_intel_xpu() -> bool:
 
 def is_directml_enabled() -> bool:
     return False
+
+
+def get_autocast_device(dev: Any) -> str:
+    return getattr(dev, "type", "cuda")
+
+
+def supports_fp8_compute(device: Any = None) -> bool:
+    """Whether matrix multiplies can run in fp8 (NVIDIA Ada and newer)."""
+    device = device if device is not None else get_torch_device()
+    if not is_device_cuda(device) or torch.version.cuda is None:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def intermediate_device() -> torch.device:
@@ -715,7 +729,7 @@ def cleanup_models() -> None:
 
 __all__ = [
     "CPUState", "DeviceState", "InterruptProcessingException", "LoadedModel", "OOM_EXCEPTION", "VRAMState",
-    "cast_to", "cast_to_device", "cpu_mode", "current_loaded_models", "device_state", "dtype_size",
+    "cast_to", "cast_to_device", "cpu_mode", "get_autocast_device", "supports_fp8_compute", "current_loaded_models", "device_state", "dtype_size",
     "extra_reserved_memory", "flash_attention_enabled", "force_upcast_attention_dtype", "free_memory",
     "get_free_memory", "get_torch_device", "get_torch_device_name", "get_total_memory", "intermediate_device",
     "interrupt_current_processing", "is_device_cpu", "is_device_cuda", "is_device_mps", "is_device_xpu",
