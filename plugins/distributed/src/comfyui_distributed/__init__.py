@@ -1,0 +1,1 @@
+"""comfyui-distributed: frontends and workers on many machines, sharing prompts and progress over AMQP."""
