@@ -45,8 +45,13 @@ TINY_UNETS: dict[str, UNetConfig] = {
                                   transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
                                   transformer_depth_middle=1, context_dim=TEXT_WIDTH, use_linear_in_transformer=False,
                                   num_heads=8, num_head_channels=-1),
+    # SD 2.1 unCLIP: SD2's UNet with an ADM input of a noised image embedding (16 wide) and its level.
+    "sd2_unclip": UNetConfig(model_channels=64, channel_mult=[1, 1, 1, 1], num_res_blocks=[1, 1, 1, 1],
+                             transformer_depth=[1, 1, 1, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 0, 0],
+                             transformer_depth_middle=1, context_dim=TEXT_WIDTH, use_linear_in_transformer=True,
+                             adm_in_channels=2 * 16, num_heads=-1, num_head_channels=64),
 }
-TEXT_ENCODER_FAMILY = {"sd1_four_levels": "sd1"}
+TEXT_ENCODER_FAMILY = {"sd1_four_levels": "sd1", "sd2_unclip": "sd2"}
 TINY_VAE = VAEConfig(ch=32, ch_mult=[1, 1, 1, 1], num_res_blocks=1)
 
 
@@ -113,6 +118,10 @@ def checkpoint_state_dict(family: str = "sd1", seed: int = 0, text_encoders: boo
         sd.update(vae_state_dict(seed=seed + 100))
     if text_encoders:
         sd.update(text_encoder_state_dict(family, seed=seed + 200))
+    if family == "sd2_unclip":
+        import te_fixtures
+
+        sd.update(te_fixtures.tiny_clip_vision_state_dict("embedder.model.visual.", projection=16, seed=seed + 300))
     if v_prediction:
         sd["v_pred"] = torch.tensor([])
     return sd

@@ -76,7 +76,7 @@ def test_released_controlnet_loads_exactly_its_keys():
 
 
 @pytest.mark.parametrize("family, model_class", [("sd1", "BaseModel"), ("sd2", "BaseModel"), ("sdxl", "SDXL"),
-                                                 ("sdxl_refiner", "SDXLRefiner")])
+                                                 ("sdxl_refiner", "SDXLRefiner"), ("sd2_unclip", "SD21UNCLIP")])
 def test_tiny_checkpoints_are_detected_like_released_ones(family, model_class):
     model, clip, vae, _ = load_state_dict_guess_config(fixtures.checkpoint_state_dict(family), ckpt_name="tiny")
     assert model.model.model_config.family == family

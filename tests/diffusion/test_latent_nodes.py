@@ -110,6 +110,8 @@ OBJECT_INFO = {
     "CheckpointLoaderSimple": {"category": "loaders", "output": ["MODEL", "CLIP", "VAE"],
                                "display_name": "Load Checkpoint"},
     "CheckpointLoader": {"category": "advanced/loaders", "deprecated": True},
+    "unCLIPCheckpointLoader": {"category": "loaders", "output": ["MODEL", "CLIP", "VAE", "CLIP_VISION"],
+                               "input_order": {"required": ["ckpt_name"]}},
     "UNETLoader": {"category": "advanced/loaders", "input_order": {"required": ["unet_name", "weight_dtype"]}},
     "LoraLoader": {"category": "loaders", "output": ["MODEL", "CLIP"], "input_order": {
         "required": ["model", "clip", "lora_name", "strength_model", "strength_clip"]}},

@@ -287,3 +287,67 @@ async def test_sdxl_base_then_refiner_and_an_inpainting_model(tmp_path, comfy):
         painted = saved(tmp_path, await client.queue_prompt(inpaint))[0]
     assert refined.shape == (64, 64, 3) and np.array_equal(refined, again)
     assert painted.shape == (64, 64, 3)
+
+
+async def test_unclip_checkpoint_conditions_on_an_image(tmp_path, comfy):
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "unclip.safetensors", "sd2_unclip")
+
+    def prompt(strength: float, color: int) -> dict:
+        graph = txt2img("unclip.safetensors", model=["ckpt", 0])
+        graph["ckpt"] = {"class_type": "unCLIPCheckpointLoader", "inputs": {"ckpt_name": "unclip.safetensors"}}
+        graph["image"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                                 "color": color}}
+        graph["vision"] = {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["ckpt", 3],
+                                                                        "image": ["image", 0], "crop": "center"}}
+        graph["unclip"] = {"class_type": "unCLIPConditioning", "inputs": {
+            "conditioning": ["pos", 0], "clip_vision_output": ["vision", 0], "strength": strength,
+            "noise_augmentation": 0.1}}
+        graph["ks"]["inputs"]["positive"] = ["unclip", 0]
+        return graph
+
+    async with comfy() as client:
+        red = saved(tmp_path, await client.queue_prompt(prompt(1.0, 0xff0000)))[0]
+        blue = saved(tmp_path, await client.queue_prompt(prompt(1.0, 0x0000ff)))[0]
+        again = saved(tmp_path, await client.queue_prompt(prompt(1.0, 0x0000ff)))[0]
+        with pytest.raises(PromptExecutionError, match="without a CLIP vision model"):
+            fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "plain.safetensors", "sd2")
+            await client.queue_prompt({"ckpt": {"class_type": "unCLIPCheckpointLoader",
+                                                "inputs": {"ckpt_name": "plain.safetensors"}},
+                                       "save": {"class_type": "SaveImage", "inputs": {
+                                           "images": ["decode", 0], "filename_prefix": "x"}},
+                                       "empty": {"class_type": "EmptyLatentImage", "inputs": {
+                                           "width": 64, "height": 64, "batch_size": 1}},
+                                       "decode": {"class_type": "VAEDecode", "inputs": {
+                                           "samples": ["empty", 0], "vae": ["ckpt", 2]}}})
+    assert red.shape == (64, 64, 3) and not np.array_equal(red, blue) and np.array_equal(blue, again)
+
+
+def test_unclip_adm_vector_is_the_noised_embedding_and_its_level():
+    from comfyui_core_nodes.model_base import NoiseAugmentor, unclip_adm
+    from comfyui_core_nodes.text_encoders.vision import Output
+
+    augmentor = NoiseAugmentor(4)
+    output = Output()
+    output.image_embeds = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    entry = {"clip_vision_output": output, "strength": 2.0, "noise_augmentation": 0.0}
+    adm = unclip_adm([entry], "cpu", augmentor, seed=5)
+    # Level 0 barely noises: sqrt(alpha_bar_0) is close to 1.
+    assert adm.shape == (1, 8) and torch.allclose(adm[:, :4], 2.0 * output.image_embeds, atol=0.1)
+    assert torch.equal(adm, unclip_adm([entry], "cpu", augmentor, seed=5))
+    assert not torch.equal(adm, unclip_adm([entry], "cpu", augmentor, seed=6))
+
+
+def test_sdxl_revision_puts_the_image_embedding_where_the_pooled_text_goes():
+    from comfyui_core_nodes.sd import load_state_dict_guess_config
+    from comfyui_core_nodes.text_encoders.vision import Output
+
+    model, _, _, _ = load_state_dict_guess_config(fixtures.checkpoint_state_dict("sdxl"), output_clip=False)
+    output = Output()
+    output.image_embeds = torch.randn(1, fixtures.TEXT_WIDTH, generator=torch.Generator().manual_seed(0))
+    common = {"device": "cpu", "width": 64, "height": 64, "seed": 3}
+    revision = model.model.encode_adm(unclip_conditioning=[{"clip_vision_output": output, "strength": 1.0,
+                                                           "noise_augmentation": 0.0}], **common)
+    text = model.model.encode_adm(pooled_output=torch.zeros(1, fixtures.TEXT_WIDTH), **common)
+    assert revision.shape == text.shape == (1, model.model.adm_channels)
+    assert torch.equal(revision[:, fixtures.TEXT_WIDTH:], text[:, fixtures.TEXT_WIDTH:])
+    assert torch.allclose(revision[:, :fixtures.TEXT_WIDTH], output.image_embeds, atol=0.05)

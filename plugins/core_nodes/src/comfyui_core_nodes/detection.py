@@ -105,6 +105,10 @@ class Family:
     attn_precision: Optional[torch.dtype] = None
     memory_usage_factor: float = 1.0
     sampling_settings: dict[str, Any] = field(default_factory=dict)
+    # The text encoders' family name, when it differs (an unCLIP model has SD2's encoder).
+    text_encoders: Optional[str] = None
+    # Where a checkpoint of this family keeps its CLIP vision tower, if it has one.
+    clip_vision_prefix: Optional[str] = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -113,6 +117,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("sdxl_refiner", "SDXL refiner",
            lambda c: c.adm_in_channels is not None and len(c.channel_mult) == 4 and c.transformer_depth[0] == 0,
            latent_formats.SDXL, model_class="sdxl_refiner"),
+    Family("sd2_unclip", "Stable Diffusion 2.1 unCLIP",
+           lambda c: (c.adm_in_channels is not None and len(c.channel_mult) == 4 and c.transformer_depth[0] > 0
+                      and c.use_linear_in_transformer),
+           latent_formats.SD15, model_class="sd2_unclip", attn_precision=torch.float32, text_encoders="sd2",
+           clip_vision_prefix="embedder.model.visual."),
     Family("sd2", "Stable Diffusion 2.x", lambda c: c.adm_in_channels is None and c.use_linear_in_transformer,
            latent_formats.SD15, attn_precision=torch.float32),
     Family("sd1", "Stable Diffusion 1.x", lambda c: c.adm_in_channels is None and not c.use_linear_in_transformer,
@@ -139,7 +148,7 @@ def detect_family(config: UNetConfig) -> Family:
 def _v_prediction(sd: Mapping[str, Any], prefix: str, family: Family, config: UNetConfig) -> bool:
     if "v_pred" in sd:
         return True
-    if family.name != "sd2" or config.in_channels != 4:
+    if family.name not in ("sd2", "sd2_unclip") or config.in_channels != 4:
         return False
     # SD 2.x 768-v files carry no marker; ComfyUI tells them by this bias's spread.
     bias = sd.get(f"{prefix}output_blocks.11.1.transformer_blocks.0.norm1.bias")

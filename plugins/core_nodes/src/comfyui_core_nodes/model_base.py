@@ -50,7 +50,7 @@ class ModelConfig:
     unet: UNetConfig
     latent_format: latent_formats.LatentFormat
     model_type: ModelType = ModelType.EPS
-    model_class: str = "base"  # "base", "sdxl" or "sdxl_refiner": how the ADM vector is built
+    model_class: str = "base"  # a MODEL_CLASSES key: how the ADM vector is built
     sampling_settings: dict[str, Any] = field(default_factory=dict)
     memory_usage_factor: float = 1.0
     supported_inference_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
@@ -240,16 +240,101 @@ class BaseModel(torch.nn.Module):
         return out
 
 
+class NoiseAugmentor(torch.nn.Module):
+    """Noises CLIP image embeddings to a chosen level and embeds the level (unCLIP, SDXL revision).
+
+    The schedule is the squared-cosine DDPM one over 1000 levels. Embeddings are normalised with
+    zero mean and unit deviation (ComfyUI's statistics; the released checkpoints carry none), which
+    also turns a single embedding into a batch of one.
+    """
+    max_noise_level = 1000
+
+    def __init__(self, timestep_dim: int):
+        super().__init__()
+        alphas_cumprod = torch.cumprod(1.0 - sampling.make_beta_schedule("squaredcos_cap_v2", 1000), dim=0)
+        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float(),
+                             persistent=False)
+        self.register_buffer("data_mean", torch.zeros(1, timestep_dim), persistent=False)
+        self.register_buffer("data_std", torch.ones(1, timestep_dim), persistent=False)
+        self.time_embed = Timestep(timestep_dim)
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, seed: Optional[int] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.data_mean.to(x.device), self.data_std.to(x.device)
+        x = (x - mean) * 1. / std
+        if seed is None:
+            noise = torch.randn_like(x)
+        else:
+            # Seeding the global generator (not a private one) is what ComfyUI does; samplers that draw
+            # from the global generator afterwards see the same state as there.
+            noise = torch.randn(x.size(), dtype=x.dtype, layout=x.layout, generator=torch.manual_seed(seed)).to(x.device)
+        shape = (noise_level.shape[0],) + (1,) * (x.ndim - 1)
+        noised = (self.sqrt_alphas_cumprod.to(x.device).gather(-1, noise_level).reshape(shape) * x
+                  + self.sqrt_one_minus_alphas_cumprod.to(x.device).gather(-1, noise_level).reshape(shape) * noise)
+        return noised * std + mean, self.time_embed(noise_level)
+
+
+def unclip_adm(unclip_conditioning: list[dict], device: Any, noise_augmentor: NoiseAugmentor,
+               noise_augment_merge: float = 0.0, seed: Optional[int] = None) -> torch.Tensor:
+    """The ADM vector from unCLIPConditioning entries: each image embedding noised, level-embedded, weighted."""
+    def level(amount: float) -> torch.Tensor:
+        return torch.tensor([round((noise_augmentor.max_noise_level - 1) * amount)], device=device)
+
+    parts = []
+    for entry in unclip_conditioning:
+        for embedding in entry["clip_vision_output"].image_embeds:
+            noised, level_embedding = noise_augmentor(embedding.to(device), noise_level=level(entry["noise_augmentation"]),
+                                                      seed=seed)
+            parts.append(torch.cat((noised, level_embedding), 1) * entry["strength"])
+    if len(parts) == 1:
+        return parts[0]
+    # Several images: their sum, noised again at the merge level.
+    summed = torch.stack(parts).sum(0)
+    noised, level_embedding = noise_augmentor(summed[:, :noise_augmentor.time_embed.dim],
+                                              noise_level=level(noise_augment_merge))
+    return torch.cat((noised, level_embedding), 1)
+
+
+class SD21UNCLIP(BaseModel):
+    """SD 2.1 unCLIP: the ADM vector is a noised CLIP image embedding (zeros without one)."""
+
+    def __init__(self, model_config: ModelConfig, model_type: Optional[ModelType] = None, device: Any = None,
+                 operations: Optional[Operations] = None):
+        super().__init__(model_config, model_type, device, operations)
+        self.noise_augmentor = NoiseAugmentor(self.adm_channels // 2)
+
+    def encode_adm(self, **kwargs: Any) -> torch.Tensor:
+        unclip_conditioning = kwargs.get("unclip_conditioning")
+        if unclip_conditioning is None:
+            return torch.zeros((1, self.adm_channels), device=kwargs["device"])
+        return unclip_adm(unclip_conditioning, kwargs["device"], self.noise_augmentor,
+                          kwargs.get("unclip_noise_augment_merge", 0.05), kwargs.get("seed", 0) - 10)
+
+
 class _SizeConditioned(BaseModel):
     """SDXL's ADM vector: the pooled bigG embedding followed by numbers embedded like timesteps."""
     embedder = Timestep(256)
+    size_values = 6
+
+    def __init__(self, model_config: ModelConfig, model_type: Optional[ModelType] = None, device: Any = None,
+                 operations: Optional[Operations] = None):
+        super().__init__(model_config, model_type, device, operations)
+        # Revision (unCLIPConditioning on SDXL) puts a noised image embedding where the pooled text goes.
+        self.noise_augmentor = NoiseAugmentor(self.pooled_width)
+
+    @property
+    def pooled_width(self) -> int:
+        return self.adm_channels - self.size_values * 256
 
     def _size_embeddings(self, values: Sequence[float], batch: int) -> torch.Tensor:
         embedded = torch.cat([self.embedder(torch.Tensor([value])) for value in values])
         return torch.flatten(embedded).unsqueeze(dim=0).repeat(batch, 1)
 
-    @staticmethod
-    def _pooled(kwargs: dict) -> torch.Tensor:
+    def _pooled(self, kwargs: dict) -> torch.Tensor:
+        if "unclip_conditioning" in kwargs:
+            return unclip_adm(kwargs["unclip_conditioning"], kwargs["device"], self.noise_augmentor,
+                              seed=kwargs.get("seed", 0) - 10)[:, :self.pooled_width]
         pooled = kwargs.get("pooled_output")
         if pooled is None:
             raise ValueError("SDXL conditioning needs a pooled_output (encode the prompt with an SDXL CLIP)")
@@ -270,6 +355,7 @@ class SDXL(_SizeConditioned):
 
 class SDXLRefiner(_SizeConditioned):
     """SDXL refiner: size, crop and an aesthetic score (2.5 for negatives, 6 otherwise, by default)."""
+    size_values = 5
 
     def encode_adm(self, **kwargs: Any) -> torch.Tensor:
         pooled = self._pooled(kwargs)
@@ -280,7 +366,8 @@ class SDXLRefiner(_SizeConditioned):
         return torch.cat((pooled.to(flat.device), flat), dim=1)
 
 
-MODEL_CLASSES: dict[str, type[BaseModel]] = {"base": BaseModel, "sdxl": SDXL, "sdxl_refiner": SDXLRefiner}
+MODEL_CLASSES: dict[str, type[BaseModel]] = {"base": BaseModel, "sdxl": SDXL, "sdxl_refiner": SDXLRefiner,
+                                             "sd2_unclip": SD21UNCLIP}
 
 
 def create_model(model_config: ModelConfig, device: Any = None) -> BaseModel:
@@ -288,5 +375,5 @@ def create_model(model_config: ModelConfig, device: Any = None) -> BaseModel:
     return MODEL_CLASSES[model_config.model_class](model_config, device=device)
 
 
-__all__ = ["BLANK_INPAINT_LATENT", "BaseModel", "MODEL_CLASSES", "ModelConfig", "ModelType", "SDXL", "SDXLRefiner",
-           "create_model", "model_sampling"]
+__all__ = ["BLANK_INPAINT_LATENT", "BaseModel", "MODEL_CLASSES", "ModelConfig", "ModelType", "NoiseAugmentor",
+           "SD21UNCLIP", "SDXL", "SDXLRefiner", "create_model", "model_sampling", "unclip_adm"]

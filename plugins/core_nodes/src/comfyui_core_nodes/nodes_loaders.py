@@ -52,6 +52,28 @@ class CheckpointLoaderSimple:
         return model, clip, vae
 
 
+class unCLIPCheckpointLoader:
+    """An SD 2.1 unCLIP checkpoint, with the CLIP vision tower it carries."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"ckpt_name": (_filenames("checkpoints"),)}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CLIP_VISION")
+    FUNCTION = "load_checkpoint"
+    CATEGORY = "loaders"
+
+    def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any, Any]:
+        from comfyui_core_nodes import sd
+
+        model, clip, vae, clip_vision = sd.load_checkpoint_guess_config(
+            _full_path("checkpoints", ckpt_name), output_clipvision=True, embedding_directory=_embedding_folders())
+        if clip_vision is None:
+            raise ValueError(f"{ckpt_name} is a {model.model.model_config.family} checkpoint without a CLIP vision "
+                             f"model; unCLIPCheckpointLoader needs an unCLIP checkpoint")
+        return model, clip, vae, clip_vision
+
+
 class CheckpointLoader:
     """The old loader with a model config file; the architecture is detected from the weights instead."""
 
@@ -181,6 +203,7 @@ class DiffControlNetLoader:
 NODE_CLASS_MAPPINGS = {
     "CheckpointLoaderSimple": CheckpointLoaderSimple,
     "CheckpointLoader": CheckpointLoader,
+    "unCLIPCheckpointLoader": unCLIPCheckpointLoader,
     "UNETLoader": UNETLoader,
     "VAELoader": VAELoader,
     "LoraLoader": LoraLoader,

@@ -93,19 +93,26 @@ def load_state_dict_guess_config(sd: Mapping[str, torch.Tensor], output_vae: boo
             vae = VAE(sd=vae_sd, ckpt_name=ckpt_name)
         else:
             logger.warning("%s holds no VAE (first_stage_model.*)", ckpt_name or "the checkpoint")
+    family = detection.FAMILIES_BY_NAME[model_config.family]
     clip = None
     if output_clip:
-        clip = _clip_from_checkpoint(sd, model_config.family, embedding_directory)
+        clip = _clip_from_checkpoint(sd, family.text_encoders or family.name, embedding_directory)
         if clip is None:
             logger.warning("%s holds no text encoder", ckpt_name or "the checkpoint")
-    return patcher, clip, vae, None
+    clip_vision = None
+    if output_clipvision and family.clip_vision_prefix is not None:
+        from comfyui_core_nodes.text_encoders.vision import load_clip_vision_state_dict
+
+        clip_vision = load_clip_vision_state_dict(dict(sd), prefix=family.clip_vision_prefix)
+    return patcher, clip, vae, clip_vision
 
 
 def load_checkpoint_guess_config(ckpt_path: str, output_vae: bool = True, output_clip: bool = True,
                                  output_clipvision: bool = False, embedding_directory: EmbeddingDirectory = None,
                                  output_model: bool = True, model_options: Optional[dict] = None,
                                  te_model_options: Optional[dict] = None) -> tuple[Any, Any, Any, Any]:
-    """``(MODEL, CLIP, VAE, CLIP_VISION)`` from a single-file checkpoint; parts it lacks are None."""
+    """``(MODEL, CLIP, VAE, CLIP_VISION)`` from a single-file checkpoint; parts it lacks (or not asked for) are
+    None. Only unCLIP checkpoints carry a CLIP vision tower."""
     sd, metadata = load_torch_file(ckpt_path, return_metadata=True)
     return load_state_dict_guess_config(sd, output_vae, output_clip, output_clipvision, embedding_directory,
                                         output_model, model_options, te_model_options,
