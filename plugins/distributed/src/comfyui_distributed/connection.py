@@ -10,9 +10,9 @@ from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-from aio_pika.abc import (AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue,
-                          AbstractRobustConnection)
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 
 from comfyui_distributed.protocol import REASON_HEADER, WORKER_HEADER, Outgoing, Topology
@@ -70,14 +70,14 @@ class BackoffConnection(RobustConnection):
         self._lost_at = None
 
 
-async def connect(uri: str, connection_name: str) -> AbstractRobustConnection:
-    """A robust connection, once the broker answers; until then attempts go on with growing waits.
+def robust_connection(uri: str, connection_name: str) -> BackoffConnection:
+    """A connection to ``uri``, not yet connected: ``await connection.connect()`` returns once the broker
+    answers, attempts going on with growing waits until then; ``close()`` stops them at any time.
 
-    After that it reconnects by itself and restores channels, queues, bindings and consumers.
+    Once connected it reconnects by itself and restores channels, queues, bindings and consumers.
     """
-    return await aio_pika.connect_robust(uri, connection_class=BackoffConnection, fail_fast=False,
-                                         reconnect_interval=FIRST_RETRY_S,
-                                         client_properties={"connection_name": connection_name})
+    return BackoffConnection(make_url(uri), fail_fast=False, reconnect_interval=FIRST_RETRY_S,
+                             client_properties={"connection_name": connection_name})
 
 
 @dataclass
@@ -153,10 +153,10 @@ async def settle(incoming: AbstractIncomingMessage) -> bool:
         await incoming.ack()
         return True
     except CONNECTION_EXCEPTIONS as error:
-        logger.info("Could not acknowledge message %s (%s); the broker will deliver it again",
+        logger.info("Could not acknowledge message %s (%r); the broker will deliver it again",
                     incoming.correlation_id or incoming.message_id, error)
         return False
 
 
-__all__ = ["BackoffConnection", "Layout", "LayoutMismatchError", "connect", "dead_letter", "declare_layout",
-           "message", "publish_until_sent", "redact", "settle"]
+__all__ = ["BackoffConnection", "Layout", "LayoutMismatchError", "dead_letter", "declare_layout", "message",
+           "publish_until_sent", "redact", "robust_connection", "settle"]

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from comfy.execution import ExecutionOutcome
 from comfy.graph import ValidatedPrompt
@@ -23,8 +23,9 @@ from comfy.nodes.registry import NodeRegistry
 from comfy.queue import HistoryStatus, PromptQueue, QueueItem
 from comfy.transport import Listener, TransportClosedError
 
-from comfyui_distributed.connection import (Layout, LayoutMismatchError, connect, dead_letter, declare_layout,
-                                            message, publish_until_sent, redact, settle)
+from comfyui_distributed.connection import (BackoffConnection, Layout, LayoutMismatchError, dead_letter,
+                                            declare_layout, message, publish_until_sent, redact, robust_connection,
+                                            settle)
 from comfyui_distributed.plugin import Settings
 from comfyui_distributed.protocol import (EVENT, FRONTEND_QUEUE_EXPIRES_MS, PREVIEW, RESULT, ControlMessage, Event,
                                           MalformedMessage, PromptJob, PromptReply, Topology, decode_event,
@@ -117,7 +118,7 @@ class DistributedFrontendTransport:
         self._route_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._failure: Optional[BaseException] = None
-        self._connection: Optional[AbstractRobustConnection] = None
+        self._connection: Optional[BackoffConnection] = None
         self._channel: Optional[AbstractRobustChannel] = None
         self._layout: Optional[Layout] = None
         self._reply_queue: Optional[AbstractQueue] = None
@@ -190,8 +191,10 @@ class DistributedFrontendTransport:
 
     async def _start(self) -> None:
         try:
-            self._connection = await connect(self.settings.connection_uri,
-                                             f"comfyui frontend {self.frontend_id} ({self.topology.name})")
+            # Made here, on the transport's loop, and kept before connecting, so close() can stop the attempts.
+            self._connection = robust_connection(self.settings.connection_uri,
+                                                 f"comfyui frontend {self.frontend_id} ({self.topology.name})")
+            await self._connection.connect()
             channel = self._channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=PREFETCH)
             layout = self._layout = await declare_layout(channel, self.topology)
@@ -234,12 +237,10 @@ class DistributedFrontendTransport:
         if worker is not None:
             await worker.stop()
             await asyncio.to_thread(worker.runner.close)
-        if self._reply_queue is not None:
+        if self._reply_queue is not None and self._connection.connected.is_set():
             try:
-                if self._consumer_tag is not None:
-                    await self._reply_queue.cancel(self._consumer_tag)
-                await self._reply_queue.delete(if_unused=False, if_empty=False)
-            except CONNECTION_EXCEPTIONS as error:
+                await asyncio.wait_for(self._delete_reply_queue(), CLOSE_TIMEOUT_S / 2)
+            except (asyncio.TimeoutError, *CONNECTION_EXCEPTIONS) as error:
                 logger.info("Could not delete queue %s (it expires by itself): %s", self._reply_queue.name, error)
         if self._connection is not None:
             await self._connection.close()
@@ -247,6 +248,12 @@ class DistributedFrontendTransport:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _delete_reply_queue(self) -> None:
+        # Consumer first: deleting the queue under it would make the broker cancel it, which aio-pika reports.
+        if self._consumer_tag is not None:
+            await self._reply_queue.cancel(self._consumer_tag)
+        await self._reply_queue.delete(if_unused=False, if_empty=False)
 
     def _current(self, job: _Job) -> bool:
         with self._lock:

@@ -188,7 +188,8 @@ def decode_prompt(body: bytes, reply_to: Optional[str], headers: Optional[Mappin
     outputs = document.get("outputs_to_execute")
     if not isinstance(outputs, list) or not all(isinstance(item, str) for item in outputs):
         raise MalformedMessage("the prompt message has no valid 'outputs_to_execute' (a list of node ids)")
-    extra_data = document.get("extra_data") or {}
+    extra_data = document.get("extra_data")
+    extra_data = {} if extra_data is None else extra_data
     if not isinstance(extra_data, dict):
         raise MalformedMessage("the prompt message's 'extra_data' is not an object")
     if not reply_to:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from comfy.graph import full_type_name
 from comfy.transport import TransportClosedError
 
-from comfyui_distributed.connection import (Layout, LayoutMismatchError, connect, dead_letter, declare_layout,
-                                            message, publish_until_sent, redact, settle)
+from comfyui_distributed.connection import (BackoffConnection, Layout, LayoutMismatchError, dead_letter, declare_layout, message,
+                                            publish_until_sent, redact, robust_connection, settle)
 from comfyui_distributed.executors import Runner, RunResult, make_runner
 from comfyui_distributed.plugin import Settings
 from comfyui_distributed.protocol import (WORKER_HEADER, ControlMessage, MalformedMessage, Outgoing, PromptJob,
@@ -80,16 +80,18 @@ class Worker:
         self._run_lock = asyncio.Lock()
         self._stopping = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._connection: Optional[AbstractRobustConnection] = None
+        self._connection: Optional[BackoffConnection] = None
         self._channel: Optional[AbstractRobustChannel] = None
         self._layout: Optional[Layout] = None
         self._consumer_tag: Optional[str] = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         """Connect (waiting for the broker as long as it takes) and start taking prompts."""
         self._loop = asyncio.get_running_loop()
-        self._connection = await connect(self.settings.connection_uri,
-                                         f"comfyui worker {self.worker_id} ({self.topology.name})")
+        self._connection = robust_connection(self.settings.connection_uri,
+                                             f"comfyui worker {self.worker_id} ({self.topology.name})")
+        await self._connection.connect()
         channel = self._channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=1)
         layout = self._layout = await declare_layout(channel, self.topology)
@@ -114,6 +116,18 @@ class Worker:
     # -- prompts --------------------------------------------------------------------------------------
 
     async def _on_prompt(self, incoming: AbstractIncomingMessage) -> None:
+        # aio-pika cancels consumer callbacks when the channel closes; a prompt must outlive a dropped
+        # connection (its result is sent after reconnecting), so it is handled in a task of its own.
+        task = asyncio.ensure_future(self._take(incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._taken)
+
+    def _taken(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Handling a prompt failed", exc_info=task.exception())
+
+    async def _take(self, incoming: AbstractIncomingMessage) -> None:
         try:
             job = decode_prompt(incoming.body, incoming.reply_to, incoming.headers)
         except MalformedMessage as error:
@@ -126,6 +140,7 @@ class Worker:
         running = self._running
         if running is not None and running.job.prompt_id == job.prompt_id:
             # Our connection dropped while it ran, so the broker gave it back, to us: one run, two deliveries.
+            logger.info("Prompt %s, which runs here, was delivered again after a reconnection", job.prompt_id)
             running.deliveries.append(incoming)
             return
         if job.deliveries >= MAX_DELIVERIES:
