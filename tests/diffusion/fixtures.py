@@ -12,12 +12,14 @@ import math
 from pathlib import Path
 from typing import Union
 
+import pytest
 import torch
 
 from comfyui_core_nodes.unet import UNetConfig, UNetModel
 from comfyui_core_nodes.vae import AutoencoderKL, VAEConfig
 
-MANIFESTS = Path("/work/shared/compat/checkpoints")
+# The team's facts about real model files, kept beside the repository (../shared).
+MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "compat" / "checkpoints"
 TEXT_WIDTH = 32  # every tiny text encoder's width
 SIZE_EMBEDDING = 256  # SDXL embeds each size/crop number in 256 channels
 
@@ -190,7 +192,11 @@ def t2i_adapter_state_dict(seed: int = 500) -> dict[str, torch.Tensor]:
 
 
 def manifest(name: str) -> list[tuple[str, list[int]]]:
-    return [(key, shape) for key, shape in json.loads((MANIFESTS / f"{name}.json").read_text())]
+    """A released file's keys and shapes; tests skip where the shared manifests are not beside the checkout."""
+    path = MANIFESTS / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    return [(key, shape) for key, shape in json.loads(path.read_text())]
 
 
 def manifest_state_dict(name: str, prefix: str = "", dtype: torch.dtype = torch.float32

@@ -1,8 +1,6 @@
 """Text encoders: real checkpoint layouts load (meta device), tiny encoders compute as CLIP does."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -24,20 +22,15 @@ from comfyui_core_nodes.text_encoders.encoder import ClipStack
 from comfyui_core_nodes.text_encoders.loading import CHECKPOINT_LAYOUTS, build_encoder, to_transformers_layout
 from comfyui_core_nodes.text_encoders.model import CLIP_L, OPEN_CLIP_BIGG, OPEN_CLIP_H, convert_to_open_clip
 from comfyui_core_nodes.text_encoders.tokenizer import PromptTokenizer, TokenizerSpec
+import fixtures
 from te_fixtures import tiny_clip_l_state_dict, tiny_open_clip_state_dict
 
-MANIFESTS = Path(__file__).resolve().parents[3] / "shared" / "compat" / "checkpoints"
 SDXL_L, SDXL_G = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."
 
 
 def manifest_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """Meta tensors with exactly the keys and shapes of a released file."""
-    path = MANIFESTS / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is not here")
-    entries = json.loads(path.read_text())
-    return {key: torch.empty(shape, device="meta", dtype=torch.int64 if key.endswith("position_ids") else torch.float16)
-            for key, shape in entries}
+    """Meta tensors with exactly the keys and shapes of a released file, in its fp16 form."""
+    return fixtures.manifest_state_dict(name, dtype=torch.float16)
 
 
 def encoder_weights(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -392,10 +385,7 @@ def test_lora_key_map_covers_kohya_and_diffusers_names() -> None:
 
 
 def test_every_kohya_text_encoder_module_of_a_real_lora_resolves() -> None:
-    path = MANIFESTS / "lora_sd15_kohya.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is not here")
-    modules = {key.split(".")[0] for key, _ in json.loads(path.read_text()) if key.startswith("lora_te_")}
+    modules = {key.split(".")[0] for key, _ in fixtures.manifest("lora_sd15_kohya") if key.startswith("lora_te_")}
     state_dict = manifest_state_dict("sd15")
     prefix = "cond_stage_model.transformer."
     encoder = build_encoder(FAMILIES["sd1"].encoders[0], to_transformers_layout(encoder_weights(state_dict, prefix)),
