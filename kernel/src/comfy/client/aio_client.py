@@ -9,9 +9,9 @@ import asyncio
 import json
 import struct
 import uuid
-from typing import TYPE_CHECKING, Any, AsyncIterator, Generator, Mapping, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Generator, Mapping, NoReturn, Optional
 
-from comfy.client.embedded_comfy_client import ProgressNotification
+from comfy.client.embedded_comfy_client import ProgressNotification, ProgressStream
 from comfy.graph import PromptValidationError
 from comfy.transport import PromptExecutionError, PromptInterruptedError
 
@@ -56,15 +56,14 @@ def _preview(frame: bytes) -> Optional[dict[str, Any]]:
     return None
 
 
-class RemoteTaskWithProgress:
+class RemoteTaskWithProgress(ProgressStream):
     """A prompt queued through /prompt: iterate ``progress()`` for its websocket events, await it for its outputs.
 
     Binary previews come as ``preview_image`` events whose data holds the image bytes and type.
     """
 
     def __init__(self, client: "AsyncRemoteComfyClient", prompt: Mapping[str, Any], prompt_id: str):
-        self.prompt_id = prompt_id
-        self._events: asyncio.Queue[Optional[ProgressNotification]] = asyncio.Queue()
+        super().__init__(prompt_id)
         self._task = asyncio.ensure_future(self._run(client, prompt))
 
     async def _run(self, client: "AsyncRemoteComfyClient", prompt: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,14 +107,6 @@ class RemoteTaskWithProgress:
             else:
                 break
         raise ConnectionError(f"the websocket closed before prompt {self.prompt_id} finished")
-
-    async def progress(self) -> AsyncIterator[ProgressNotification]:
-        """This prompt's events in order, ending after its last one."""
-        while True:
-            notification = await self._events.get()
-            if notification is None:
-                return
-            yield notification
 
     def __await__(self) -> Generator[Any, None, dict[str, Any]]:
         return self._task.__await__()

@@ -32,13 +32,28 @@ class PromptResult:
     status: str
 
 
-class TaskWithProgress:
+class ProgressStream:
+    """A prompt's events as an async iterator; producers put None after the last one."""
+
+    def __init__(self, prompt_id: str):
+        self.prompt_id = prompt_id
+        self._events: asyncio.Queue[Optional[ProgressNotification]] = asyncio.Queue()
+
+    async def progress(self) -> AsyncIterator[ProgressNotification]:
+        """This prompt's events in order, ending after its last one."""
+        while True:
+            notification = await self._events.get()
+            if notification is None:
+                return
+            yield notification
+
+
+class TaskWithProgress(ProgressStream):
     """A queued prompt: iterate ``progress()`` for its events, await it for its outputs."""
 
     def __init__(self, client: "Comfy", prompt: PromptLike, prompt_id: str, client_id: Optional[str],
                  partial_execution_targets: Optional[list[str]]):
-        self.prompt_id = prompt_id
-        self._events: asyncio.Queue[Optional[ProgressNotification]] = asyncio.Queue()
+        super().__init__(prompt_id)
         loop = asyncio.get_running_loop()
 
         def listener(event: str, data: dict[str, Any], _client_id: Optional[str]) -> None:
@@ -58,14 +73,6 @@ class TaskWithProgress:
             # Events already scheduled from the worker thread run before this sentinel.
             asyncio.get_running_loop().call_soon(self._events.put_nowait, None)
         return PromptResult(self.prompt_id, client.outputs_with_paths(outcome.outputs), outcome.status)
-
-    async def progress(self) -> AsyncIterator[ProgressNotification]:
-        """This prompt's events in order, ending after its last one."""
-        while True:
-            notification = await self._events.get()
-            if notification is None:
-                return
-            yield notification
 
     async def get(self) -> PromptResult:
         return await self._task
@@ -170,4 +177,4 @@ class Comfy:
                 for node_id, node_outputs in outputs.items()}
 
 
-__all__ = ["Comfy", "ProgressNotification", "PromptResult", "TaskWithProgress"]
+__all__ = ["Comfy", "ProgressNotification", "ProgressStream", "PromptResult", "TaskWithProgress"]
