@@ -271,3 +271,26 @@ async def test_panic_when_exits_the_worker_after_reporting(cluster: Cluster, bas
         cluster.worker(base_dir, "--panic-when", "MemoryError")
         entry = await wait_for_history(session, await post_prompt(session, work_prompt(value=5)))
         assert entry["status"]["status_str"] == "success"
+
+
+async def test_rest_api_waits_for_the_remote_result(cluster: Cluster, base_dir: Path):
+    frontend = cluster.frontend(base_dir)
+    worker = cluster.worker(base_dir)
+    async with aiohttp.ClientSession(frontend.url) as session:
+        async with session.post("/api/v1/prompts", json={"prompt": work_prompt(value=77)},
+                                headers={"Accept": "application/json"}) as response:
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+        assert answer["outputs"]["2"]["value"] == [77] and answer["outputs"]["2"]["pid"] == [worker.pid]
+        async with session.get(answer["urls"][0]) as response:
+            assert (await response.read()).startswith(b"\x89PNG")
+        async with session.post("/api/v1/prompts", json={"prompt": work_prompt(value=78)},
+                                headers={"Accept": "image/png"}) as response:
+            assert response.status == 200 and response.content_type == "image/png"
+            assert (await response.read()).startswith(b"\x89PNG")
+        failing = {"1": {"class_type": "DistFail", "inputs": {"value": 1, "kind": "ValueError"}},
+                   "2": {"class_type": "DistOutput", "inputs": {"value": ["1", 0], "filename_prefix": "Fail"}}}
+        async with session.post("/api/v1/prompts", json={"prompt": failing},
+                                headers={"Accept": "application/json"}) as response:
+            assert response.status == 500
+            assert (await response.json())["error_details"]["exception_type"] == "ValueError"

@@ -91,6 +91,8 @@ class _Job:
     worker: Optional[str] = None
     # Whether this job holds a reference on its route's binding.
     routed: bool = False
+    # Whether the queue shows it running.
+    started: bool = False
 
 
 class DistributedFrontendTransport:
@@ -351,7 +353,9 @@ class DistributedFrontendTransport:
                 job.worker = event.worker
             elif event.worker != job.worker:
                 return  # a worker thought dead still runs it; the newest one's events count
-        self.queue.start(event.prompt_id)
+            starting, job.started = not job.started, True
+        if starting:
+            self.queue.start(event.prompt_id)
         self._emit(event.event, event.data, job.client_id)
 
     def _on_reply(self, reply: PromptReply) -> None:
