@@ -78,3 +78,41 @@ async def test_errors_and_interrupts_of_remote_prompts(client: Comfy, base_dir: 
     client.interrupt(task.prompt_id)
     with pytest.raises(PromptInterruptedError):
         await asyncio.wait_for(task.get(), 20)
+
+
+async def test_client_routes_are_bound_while_used_and_unbound_when_idle(client: Comfy, cluster: Cluster,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    import aio_pika
+    from aio_pika.exceptions import PublishError
+
+    import comfyui_distributed.frontend
+
+    monkeypatch.setattr(comfyui_distributed.frontend, "IDLE_ROUTE_S", 1.0)
+    transport = client.runtime.transport
+    route = transport.topology.route("client-1")
+
+    async def routable() -> bool:
+        connection = await aio_pika.connect(cluster.uri)
+        try:
+            channel = await connection.channel(on_return_raises=True)
+            exchange = await channel.get_exchange(transport.topology.progress_exchange)
+            try:
+                await exchange.publish(aio_pika.Message(b"{}", type="probe"), routing_key=route, mandatory=True)
+            except PublishError:
+                return False
+            return True
+        finally:
+            await connection.close()
+
+    assert not await routable()
+    task = client.queue_with_progress(work_prompt(value=1, seconds=0.1, steps=2), client_id="client-1")
+    assert [n.data["value"] async for n in task.progress() if n.event == "progress"] == [1, 2]
+    await task.get()
+    assert await routable()  # kept a while for the client's next prompt
+    deadline = asyncio.get_running_loop().time() + 10
+    while await routable():
+        assert asyncio.get_running_loop().time() < deadline, "the idle route was never unbound"
+        await asyncio.sleep(0.5)
+    # The client's next prompt binds it again, and its events arrive.
+    task = client.queue_with_progress(work_prompt(value=2, seconds=0.1, steps=2), client_id="client-1")
+    assert [n.data["value"] async for n in task.progress() if n.event == "progress"] == [1, 2]

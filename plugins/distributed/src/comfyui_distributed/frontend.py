@@ -217,7 +217,6 @@ class DistributedFrontendTransport:
         else:
             logger.info("Distributed frontend %s sends prompts to queue %s at %s", self.frontend_id,
                         self.topology.work_queue, redact(self.settings.connection_uri))
-            asyncio.ensure_future(self._unbind_idle_routes())
         finally:
             self._ready.set()
 
@@ -307,26 +306,27 @@ class DistributedFrontendTransport:
         count = self._routes[job.route] - 1
         self._routes[job.route] = count
         if count == 0:
-            self._idle_routes[job.route] = self._loop.time()
+            self._idle_since(job.route, self._loop.time())
+
+    def _idle_since(self, route: str, since: float) -> None:
+        self._idle_routes[route] = since
+        self._loop.call_later(IDLE_ROUTE_S, lambda: asyncio.ensure_future(self._unbind_if_idle(route, since)))
 
     def _release_routes(self, jobs: list[_Job]) -> None:
         for job in jobs:
             self._release_route(job)
 
-    async def _unbind_idle_routes(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_ROUTE_S / 2)
-            async with self._route_lock:
-                now = self._loop.time()
-                for route, since in list(self._idle_routes.items()):
-                    if now - since < IDLE_ROUTE_S:
-                        continue
-                    try:
-                        await self._reply_queue.unbind(self._layout.progress, route)
-                    except CONNECTION_EXCEPTIONS as error:
-                        logger.debug("Could not unbind %s now: %s", route, error)
-                        continue
-                    del self._idle_routes[route], self._routes[route]
+    async def _unbind_if_idle(self, route: str, since: float) -> None:
+        async with self._route_lock:
+            if self._idle_routes.get(route) != since:
+                return  # used again since
+            try:
+                await self._reply_queue.unbind(self._layout.progress, route)
+            except CONNECTION_EXCEPTIONS as error:
+                logger.debug("Could not unbind %s now (%s); trying later", route, error)
+                self._idle_since(route, self._loop.time())
+                return
+            del self._idle_routes[route], self._routes[route]
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         try:
