@@ -31,6 +31,8 @@ URL_LINE = re.compile(r"To see the GUI go to: (http://\S+)")
 PACK = textwrap.dedent('''
     import time
 
+    from comfy_api.latest import io
+
     INT = ("INT", {"default": 0, "min": 0, "max": 2 ** 62})
 
 
@@ -77,18 +79,42 @@ PACK = textwrap.dedent('''
             "CATEGORY": f"benchmark/generated/{index % 50}", "DESCRIPTION": f"Generated node {index}.", "run": run})
 
 
+    def _generated_schema(index):
+        """The same node as a schema (io.ComfyNode) node, whose entry is built from its schema on each request."""
+        class Generated(io.ComfyNode):
+            @classmethod
+            def define_schema(cls):
+                return io.Schema(
+                    node_id=f"BenchSchema{index}", category=f"benchmark/schema/{index % 50}",
+                    description=f"Generated schema node {index}.",
+                    inputs=[io.Int.Input("a", default=0, min=0, max=2 ** 62),
+                            io.Int.Input("b", default=index, min=0, max=100000),
+                            io.Combo.Input("choice", options=["one", "two", "three"]),
+                            io.String.Input("text", multiline=True),
+                            io.Float.Input("scale", default=1.0, min=0.0, max=10.0, step=0.01, optional=True)],
+                    outputs=[io.Int.Output(display_name="sum")])
+
+            @classmethod
+            def execute(cls, a, b, choice, text, scale=1.0):
+                return io.NodeOutput(a + b)
+
+        return Generated
+
+
     NODE_CLASS_MAPPINGS = {"BenchNoop": BenchNoop, "BenchStamp": BenchStamp}
     NODE_CLASS_MAPPINGS.update({f"BenchGenerated{i}": _generated(i) for i in range(NODE_TYPES)})
+    NODE_CLASS_MAPPINGS.update({f"BenchSchema{i}": _generated_schema(i) for i in range(SCHEMA_NODE_TYPES)})
 ''')
 
 
 class Server:
     """A ``comfyui`` process on a free port, with the generated pack."""
 
-    def __init__(self, base: Path, node_types: int):
+    def __init__(self, base: Path, node_types: int, schema_node_types: int = 0):
         pack = base / "custom_nodes" / "bench_pack"
         pack.mkdir(parents=True)
-        (pack / "__init__.py").write_text(f"NODE_TYPES = {node_types}\n" + PACK)
+        (pack / "__init__.py").write_text(f"NODE_TYPES = {node_types}\nSCHEMA_NODE_TYPES = {schema_node_types}\n"
+                                          + PACK)
         started = time.perf_counter()
         self.process = subprocess.Popen([COMFYUI, "--cwd", str(base), "--port", "0", "--listen", "127.0.0.1"],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -147,7 +173,7 @@ async def wait_until_idle(session: aiohttp.ClientSession, timeout: float = 600) 
     raise TimeoutError("the queue did not empty")
 
 
-async def object_info(session: aiohttp.ClientSession, node_types: int, repeats: int) -> None:
+async def object_info(session: aiohttp.ClientSession, node_types: str, repeats: int) -> None:
     timings, size = [], 0
     for _attempt in range(repeats):
         started = time.perf_counter()
@@ -156,7 +182,7 @@ async def object_info(session: aiohttp.ClientSession, node_types: int, repeats: 
         timings.append((time.perf_counter() - started) * 1000)
         size = len(body)
     count = len(json.loads(body))
-    print(f"GET /api/object_info with {count} node types ({node_types} generated), {size / 1e6:.1f} MB:")
+    print(f"GET /api/object_info with {count} node types ({node_types}), {size / 1e6:.1f} MB:")
     print(f"  first {timings[0]:.1f} ms; then {summary(timings[1:])}")
 
 
@@ -259,7 +285,8 @@ async def measure(server: Server, arguments: argparse.Namespace) -> None:
     async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=900)) as session:
         # Memory first, while the history holds only these prompts.
         await memory(server, session, arguments.prompts, offset=0)
-        await object_info(session, arguments.node_types, arguments.repeats)
+        generated = f"{arguments.node_types} classic + {arguments.schema_node_types} schema generated"
+        await object_info(session, generated, arguments.repeats)
         await post_throughput(session, arguments.prompts, 1, offset=10 ** 6)
         await post_throughput(session, arguments.prompts, 16, offset=2 * 10 ** 6)
         await idle_gaps(server, session, arguments.gap_prompts, offset=3 * 10 ** 6)
@@ -269,14 +296,17 @@ async def measure(server: Server, arguments: argparse.Namespace) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--node-types", type=int, default=5000, help="generated node types (default 5000)")
+    parser.add_argument("--schema-node-types", type=int, default=0,
+                        help="generated schema (io.ComfyNode) node types besides those (default 0)")
     parser.add_argument("--prompts", type=int, default=1000, help="prompts for throughput and memory (default 1000)")
     parser.add_argument("--gap-prompts", type=int, default=300, help="prompts for the idle gap and the event latency (default 300)")
     parser.add_argument("--repeats", type=int, default=20, help="GET /object_info repetitions (default 20)")
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
-        server = Server(Path(folder), arguments.node_types)
+        server = Server(Path(folder), arguments.node_types, arguments.schema_node_types)
         try:
-            print(f"comfyui started with {arguments.node_types} generated node types in {server.start_seconds:.2f} s "
+            print(f"comfyui started with {arguments.node_types + arguments.schema_node_types} generated node types "
+                  f"in {server.start_seconds:.2f} s "
                   f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
             asyncio.run(measure(server, arguments))
         finally:

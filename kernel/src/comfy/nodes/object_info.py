@@ -5,7 +5,8 @@ The shape is ComfyUI's, key for key, for classic nodes and for schema (``io.Comf
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, TypedDict
+import marshal
+from typing import Any, Callable, Iterator, Optional, TypedDict, TypeVar
 
 from typing_extensions import NotRequired
 
@@ -13,6 +14,8 @@ from comfy.nodes.registry import NodeRegistry
 from comfy_api.latest.io import ComfyNode, node_info_v1
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class NodeInfo(TypedDict):
@@ -40,60 +43,106 @@ class NodeInfo(TypedDict):
     essentials_category: NotRequired[Optional[str]]
 
 
-def node_info(name: str, node_class: type, registry: NodeRegistry) -> NodeInfo:
-    """The ``/object_info`` entry of the node type registered as ``name``."""
+# What one node type's entry is made from, read fresh: ("classic", INPUT_TYPES(), display name, module,
+# RETURN_TYPES, then _OPTIONAL_ATTRIBUTES with ... for an absent one) or ("schema", the finished entry).
+# Plain tuples of plain values, so that ``declaration_key`` can fingerprint them with marshal.
+Declaration = tuple
+
+_OPTIONAL_ATTRIBUTES = ("INPUT_IS_LIST", "OUTPUT_IS_LIST", "RETURN_NAMES", "DESCRIPTION", "CATEGORY", "OUTPUT_NODE",
+                        "OUTPUT_TOOLTIPS", "DEPRECATED", "EXPERIMENTAL", "DEV_ONLY", "API_NODE", "SEARCH_ALIASES",
+                        "ESSENTIALS_CATEGORY")
+# Version 2 writes every value in full (no back-references, no interning flags), so that equal values always
+# give equal keys whatever their reference counts.
+_MARSHAL_VERSION = 2
+# Classic flags ComfyUI only writes when they are set.
+_FLAGS = (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"), ("DEV_ONLY", "dev_only"))
+
+
+def declare(name: str, node_class: type, registry: NodeRegistry) -> Declaration:
+    """Read what ``name``'s entry is made from; this calls the node's INPUT_TYPES (or its schema), which may
+    list model folders, so it is read again for every ``/object_info``."""
     python_module = registry.modules.get(name) or "nodes"
     if issubclass(node_class, ComfyNode):
         info = node_info_v1(node_class, python_module)
         info["name"] = name
         if info["display_name"] is None:
             info["display_name"] = registry.display_names.get(name)
-        return info
+        return "schema", info
+    return ("classic", node_class.INPUT_TYPES(), registry.display_names.get(name, name), python_module,
+            node_class.RETURN_TYPES, *[getattr(node_class, attribute, ...) for attribute in _OPTIONAL_ATTRIBUTES])
 
-    declared = node_class.INPUT_TYPES()
+
+def info_from(name: str, declaration: Declaration) -> NodeInfo:
+    """The ``/object_info`` entry made from a ``declare`` result."""
+    if declaration[0] == "schema":
+        return declaration[1]
+    _kind, declared, display_name, python_module, return_types, *values = declaration
+    optional = dict(zip(_OPTIONAL_ATTRIBUTES, values))
     # ComfyUI writes an output typed by an empty choice list as "*" (any type).
-    output = [("*" if isinstance(kind, list) and not kind else kind) for kind in node_class.RETURN_TYPES]
+    output = [("*" if isinstance(kind, list) and not kind else kind) for kind in return_types]
     info = {
         "input": declared,
         "input_order": {section: list(specs) for section, specs in declared.items()},
-        "is_input_list": getattr(node_class, "INPUT_IS_LIST", False),
+        "is_input_list": _given(optional["INPUT_IS_LIST"], False),
         "output": output,
-        "output_is_list": node_class.OUTPUT_IS_LIST if hasattr(node_class, "OUTPUT_IS_LIST") else [False] * len(output),
-        "output_name": node_class.RETURN_NAMES if hasattr(node_class, "RETURN_NAMES") else output,
+        "output_is_list": _given(optional["OUTPUT_IS_LIST"], [False] * len(output)),
+        "output_name": _given(optional["RETURN_NAMES"], output),
         "name": name,
-        "display_name": registry.display_names.get(name, name),
-        "description": getattr(node_class, "DESCRIPTION", ""),
+        "display_name": display_name,
+        "description": _given(optional["DESCRIPTION"], ""),
         "python_module": python_module,
-        "category": getattr(node_class, "CATEGORY", "sd"),
-        "output_node": getattr(node_class, "OUTPUT_NODE", False) is True,
+        "category": _given(optional["CATEGORY"], "sd"),
+        "output_node": optional["OUTPUT_NODE"] is True,
     }
-    if hasattr(node_class, "OUTPUT_TOOLTIPS"):
-        info["output_tooltips"] = node_class.OUTPUT_TOOLTIPS
+    if optional["OUTPUT_TOOLTIPS"] is not ...:
+        info["output_tooltips"] = optional["OUTPUT_TOOLTIPS"]
     for attribute, key in _FLAGS:
-        if getattr(node_class, attribute, False):
+        if optional[attribute] is not ... and optional[attribute]:
             info[key] = True
-    if hasattr(node_class, "API_NODE"):
-        info["api_node"] = node_class.API_NODE
-    info["search_aliases"] = getattr(node_class, "SEARCH_ALIASES", [])
-    if hasattr(node_class, "ESSENTIALS_CATEGORY"):
-        info["essentials_category"] = node_class.ESSENTIALS_CATEGORY
+    if optional["API_NODE"] is not ...:
+        info["api_node"] = optional["API_NODE"]
+    info["search_aliases"] = _given(optional["SEARCH_ALIASES"], [])
+    if optional["ESSENTIALS_CATEGORY"] is not ...:
+        info["essentials_category"] = optional["ESSENTIALS_CATEGORY"]
     return info
 
 
-# Classic flags ComfyUI only writes when they are set.
-_FLAGS = (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"), ("DEV_ONLY", "dev_only"))
+def _given(value: Any, default: Any) -> Any:
+    return default if value is ... else value
+
+
+def declaration_key(declaration: Declaration) -> Optional[bytes]:
+    """Bytes that are equal for two declarations only when their entries encode to the same JSON (types, values
+    and key order count), for caching the encoding; None when a value is not a plain one (a str or dict subclass,
+    an object), and then the entry must be encoded afresh."""
+    try:
+        return marshal.dumps(declaration, _MARSHAL_VERSION)
+    except ValueError:
+        return None
+
+
+def node_info(name: str, node_class: type, registry: NodeRegistry) -> NodeInfo:
+    """The ``/object_info`` entry of the node type registered as ``name``."""
+    return info_from(name, declare(name, node_class, registry))
+
+
+def each_node(registry: NodeRegistry, describe: Callable[[str, Declaration], T]) -> Iterator[tuple[str, T]]:
+    """``(name, describe(name, its declaration))`` for every registered node type, in registration order; a node
+    whose declaration or description fails is left out and logged."""
+    for name, node_class in registry.classes.items():
+        try:
+            described = describe(name, declare(name, node_class, registry))
+        except Exception:  # one broken declaration must not hide every other node from the frontend
+            logger.exception("node %r (from %s) failed to describe itself for /object_info", name,
+                             registry.sources.get(name, "an unknown source"))
+            continue
+        yield name, described
 
 
 def object_info(registry: NodeRegistry) -> dict[str, NodeInfo]:
     """Every registered node type's entry; a node whose declaration fails is left out and logged."""
-    out: dict[str, NodeInfo] = {}
-    for name, node_class in registry.classes.items():
-        try:
-            out[name] = node_info(name, node_class, registry)
-        except Exception:  # one broken declaration must not hide every other node from the frontend
-            logger.exception("node %r (from %s) failed to describe itself for /object_info", name,
-                             registry.sources.get(name, "an unknown source"))
-    return out
+    return dict(each_node(registry, info_from))
 
 
-__all__ = ["NodeInfo", "node_info", "object_info"]
+__all__ = ["Declaration", "NodeInfo", "declaration_key", "declare", "each_node", "info_from", "node_info",
+           "object_info"]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from typing import TYPE_CHECKING, Any, Optional
 
 from aiohttp import web
@@ -14,6 +15,8 @@ from aiohttp import web
 from comfyui_server.files import PathOutsideRoot, contained_path
 
 if TYPE_CHECKING:
+    from comfy.nodes.object_info import Declaration
+    from comfy.nodes.registry import NodeRegistry
     from comfyui_server.server import PromptServer
 
 logger = logging.getLogger(__name__)
@@ -82,14 +85,50 @@ def model_preview(model_path: str) -> Optional[bytes]:
     return None
 
 
+class ObjectInfoEncoder:
+    """``/object_info`` as JSON bytes, the same as ``json.dumps`` of the whole mapping. Every request still reads
+    every node afresh (INPUT_TYPES lists model folders, and a custom node may read anything), but a node's encoded
+    entry is reused while what it is made from marshals to the same bytes, so only changed entries are encoded."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[bytes, bytes]] = {}
+        # Concurrent requests (the frontend and a client at start-up) run in threads; one builds at a time.
+        self._lock = threading.Lock()
+
+    def encode(self, registry: "NodeRegistry") -> bytes:
+        from comfy.nodes.object_info import declaration_key, each_node, info_from
+
+        entries: dict[str, tuple[bytes, bytes]] = {}
+
+        def entry(name: str, declaration: "Declaration") -> bytes:
+            key = declaration_key(declaration)
+            cached = self._entries.get(name)
+            if key is not None and cached is not None and cached[0] == key:
+                encoded = cached[1]
+            else:
+                encoded = f"{json.dumps(name)}: {json.dumps(info_from(name, declaration))}".encode()
+            if key is not None:
+                entries[name] = (key, encoded)
+            return encoded
+
+        with self._lock:
+            body = b"{" + b", ".join(encoded for _name, encoded in each_node(registry, entry)) + b"}"
+            # Only the nodes of this request: a removed node's entry goes with it.
+            self._entries = entries
+        return body
+
+
 def add_routes(routes: web.RouteTableDef, server: "PromptServer") -> None:
     from comfy import paths
-    from comfy.nodes.object_info import node_info, object_info
+    from comfy.nodes.object_info import node_info
+
+    object_info_encoder = ObjectInfoEncoder()
 
     @routes.get("/object_info")
     async def get_object_info(request: web.Request) -> web.Response:
         # Combo lists read model folders; a big install takes a while, so off the event loop.
-        return web.json_response(await asyncio.to_thread(object_info, server.runtime.registry))
+        body = await asyncio.to_thread(object_info_encoder.encode, server.runtime.registry)
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     @routes.get("/object_info/{node_class}")
     async def get_object_info_node(request: web.Request) -> web.Response:
@@ -159,4 +198,4 @@ def add_routes(routes: web.RouteTableDef, server: "PromptServer") -> None:
         return web.json_response(header["__metadata__"])
 
 
-__all__ = ["add_routes", "model_files", "model_preview", "safetensors_header"]
+__all__ = ["ObjectInfoEncoder", "add_routes", "model_files", "model_preview", "safetensors_header"]
