@@ -125,27 +125,34 @@ async def test_malformed_messages_are_dead_lettered_and_workers_keep_serving(clu
             aio_pika.Message(json.dumps({"prompt_id": "missing-1", "prompt": {}}).encode(), type=PROMPT,
                              reply_to=replies.name, correlation_id="missing-1"),
             aio_pika.Message(invalid.body, type=PROMPT, reply_to=replies.name, correlation_id="invalid-1"),
+            # As if five workers had died running it: the quorum queue counts deliveries in this header.
+            aio_pika.Message(PromptJob("crashing-1", work_prompt(), {}, ["2"], "test", "-").encode().body,
+                             type=PROMPT, reply_to=replies.name, correlation_id="crashing-1",
+                             headers={"x-delivery-count": 5}),
         ]
         for message in sent:
             await channel.default_exchange.publish(message, routing_key=queue_name)
 
-        dead = await read_queue(channel, f"{queue_name}.dead", 3)
+        dead = await read_queue(channel, f"{queue_name}.dead", 4)
         reasons = sorted(message.headers[REASON_HEADER] for message in dead)
-        assert len(reasons) == 3, reasons
+        assert len(reasons) == 4, reasons
         assert any("not JSON" in reason for reason in reasons)
         assert any("outputs_to_execute" in reason for reason in reasons)
         assert any("NoSuchNode" in reason for reason in reasons)
+        assert any("delivered 5 times before" in reason for reason in reasons)
         assert sorted(message.body for message in dead) == sorted(message.body for message in sent)
 
         # Senders that can be answered are told, with ComfyUI's error shape.
-        answers = {message.correlation_id: json.loads(message.body) for message in await read_queue(
-            channel, replies.name, 2)}
-        assert set(answers) == {"missing-1", "invalid-1"}
-        assert all(message.type == RESULT for message in await read_queue(channel, replies.name, 0))
+        replied = await read_queue(channel, replies.name, 3)
+        assert {message.type for message in replied} == {RESULT}
+        answers = {message.correlation_id: json.loads(message.body) for message in replied}
+        assert set(answers) == {"missing-1", "invalid-1", "crashing-1"}
         assert answers["invalid-1"]["status"] == "error"
         assert answers["invalid-1"]["error"]["exception_type"] == "comfy.graph.PromptValidationError"
         assert "NoSuchNode" in answers["invalid-1"]["error"]["exception_message"]
         assert answers["missing-1"]["error"]["exception_message"].startswith("the prompt message has no valid")
+        assert answers["missing-1"]["error"]["exception_type"] == "comfyui_distributed.protocol.MalformedMessage"
+        assert answers["crashing-1"]["error"]["exception_type"] == "comfyui_distributed.protocol.AbandonedPromptError"
     finally:
         await connection.close()
 

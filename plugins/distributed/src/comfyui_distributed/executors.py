@@ -239,7 +239,8 @@ def _child_run(job: PromptJob) -> RunResult:
     assert child is not None, "_child_start runs first in every child"
     child.current = _digest(job.prompt_id)
     try:
-        return run_prompt(child.registry, child.transport, job, lambda outgoing: child.events.put((job.prompt_id, outgoing)))
+        return run_prompt(child.registry, child.transport, job,
+                          lambda outgoing: child.events.put((job.prompt_id, outgoing)))
     finally:
         child.current = None
         child.events.put((job.prompt_id, None))

@@ -46,6 +46,10 @@ class MalformedMessage(Exception):
     """A message that cannot be decoded, or lacks what its type requires; the text is the reason."""
 
 
+class AbandonedPromptError(Exception):
+    """A prompt that several workers took and none finished (each died running it): refused, not run again."""
+
+
 @dataclass(frozen=True)
 class Topology:
     """The names of the queues and exchanges of one ``--distributed-queue-name``."""
@@ -293,6 +297,7 @@ def _text(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-__all__ = ["CONTROL", "ControlMessage", "EVENT", "Event", "MalformedMessage", "Outgoing", "PREVIEW", "PROMPT",
-           "PromptJob", "PromptReply", "REASON_HEADER", "RESULT", "Topology", "WORKER_HEADER", "decode_control",
-           "decode_event", "decode_prompt", "decode_reply", "delivery_count", "dumps", "encode_event", "error_payload"]
+__all__ = ["AbandonedPromptError", "CONTROL", "ControlMessage", "EVENT", "Event", "MalformedMessage",
+           "Outgoing", "PREVIEW", "PROMPT", "PromptJob", "PromptReply", "REASON_HEADER", "RESULT", "Topology",
+           "WORKER_HEADER", "decode_control", "decode_event", "decode_prompt", "decode_reply",
+           "delivery_count", "dumps", "encode_event", "error_payload"]

@@ -22,13 +22,14 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from comfy.graph import full_type_name
 from comfy.transport import TransportClosedError
 
-from comfyui_distributed.connection import (BackoffConnection, Layout, LayoutMismatchError, dead_letter, declare_layout, message,
-                                            publish_until_sent, redact, robust_connection, settle)
+from comfyui_distributed.connection import (BackoffConnection, Layout, LayoutMismatchError, dead_letter,
+                                            declare_layout, message, publish_until_sent, redact, robust_connection,
+                                            settle)
 from comfyui_distributed.executors import Runner, RunResult, make_runner
 from comfyui_distributed.plugin import Settings
-from comfyui_distributed.protocol import (WORKER_HEADER, ControlMessage, MalformedMessage, Outgoing, PromptJob,
-                                          PromptReply, Topology, decode_control, decode_prompt, encode_event,
-                                          error_payload)
+from comfyui_distributed.protocol import (WORKER_HEADER, AbandonedPromptError, ControlMessage, MalformedMessage,
+                                          Outgoing, PromptJob, PromptReply, Topology, decode_control, decode_prompt,
+                                          encode_event, error_payload)
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Worker:
         try:
             job = decode_prompt(incoming.body, incoming.reply_to, incoming.headers)
         except MalformedMessage as error:
-            await self._refuse(incoming, str(error), incoming.correlation_id)
+            await self._refuse(incoming, error, incoming.correlation_id)
             return
         if job.prompt_id in self._forgotten:
             logger.info("Skipping prompt %s: it has finished already or nobody waits for it", job.prompt_id)
@@ -144,8 +145,9 @@ class Worker:
             running.deliveries.append(incoming)
             return
         if job.deliveries >= MAX_DELIVERIES:
-            await self._refuse(incoming, f"the prompt was delivered {job.deliveries} times before and no worker "
-                                         f"finished it; it may be crashing workers", job.prompt_id)
+            await self._refuse(incoming, AbandonedPromptError(
+                f"the prompt was delivered {job.deliveries} times before and no worker finished it; it may be "
+                f"crashing workers"), job.prompt_id)
             return
         async with self._run_lock:
             if job.prompt_id in self._forgotten or self._stopping:
@@ -165,14 +167,19 @@ class Worker:
         except Exception as error:  # a fault of the runner, not of a node: report it and keep serving
             logger.exception("Prompt %s could not be run", job.prompt_id)
             payload = error_payload(job.prompt_id, full_type_name(type(error)), str(error))
-            self._emit(running, encode_event(job.prompt_id, "execution_error", payload))
-            result = RunResult(PromptReply(job.prompt_id, "error", error=payload, messages=[["execution_error", payload]]))
+            self._send_event(running, encode_event(job.prompt_id, "execution_error", payload))
+            result = RunResult(PromptReply(job.prompt_id, "error", error=payload,
+                                           messages=[["execution_error", payload]]))
         finally:
             self._running = None
         if result is None or self._stopping:
             return
-        if result.rejection is not None and self._channel is not None:
-            await dead_letter(self._channel, self.topology, running.deliveries[0], result.rejection, self.worker_id)
+        if result.rejection is not None:
+            try:
+                await dead_letter(self._channel, self.topology, running.deliveries[0], result.rejection,
+                                  self.worker_id)
+            except CONNECTION_EXCEPTIONS as error:
+                logger.warning("Could not dead-letter prompt %s (%s): %s", job.prompt_id, result.rejection, error)
         await self._finish(running, result.reply)
 
     def _emit(self, running: _Running, outgoing: Outgoing) -> None:
@@ -229,22 +236,24 @@ class Worker:
             except CONNECTION_EXCEPTIONS as error:
                 logger.debug("Could not cancel the consumer: %s", error)
 
-    async def _refuse(self, incoming: AbstractIncomingMessage, reason: str, prompt_id: Optional[str]) -> None:
+    async def _refuse(self, incoming: AbstractIncomingMessage, error: Exception, prompt_id: Optional[str]) -> None:
         """Answer the sender (when it can be reached) with an error, dead-letter the message, acknowledge it."""
+        reason = str(error)
         if incoming.reply_to and prompt_id:
-            payload = error_payload(prompt_id, "comfyui_distributed.MalformedMessage", reason)
+            payload = error_payload(prompt_id, full_type_name(type(error)), reason)
             reply = PromptReply(prompt_id, "error", error=payload, messages=[["execution_error", payload]],
                                 worker=self.worker_id)
             try:
                 await self._channel.default_exchange.publish(
                     message(reply.encode(), persistent=True, correlation_id=prompt_id), routing_key=incoming.reply_to,
                     mandatory=False)
-            except CONNECTION_EXCEPTIONS as error:
-                logger.warning("Could not tell %s that prompt %s was refused: %s", incoming.reply_to, prompt_id, error)
+            except CONNECTION_EXCEPTIONS as failure:
+                logger.warning("Could not tell %s that prompt %s was refused: %s", incoming.reply_to, prompt_id,
+                               failure)
         try:
             await dead_letter(self._channel, self.topology, incoming, reason, self.worker_id)
-        except CONNECTION_EXCEPTIONS as error:
-            logger.warning("Could not dead-letter a refused message: %s", error)
+        except CONNECTION_EXCEPTIONS as failure:
+            logger.warning("Could not dead-letter a refused message: %s", failure)
             return  # unacknowledged: it comes back and is refused again
         await settle(incoming)
 
