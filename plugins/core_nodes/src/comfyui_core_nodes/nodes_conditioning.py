@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from comfy_api.latest import io
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def _embedding_folders() -> list[str]:
 
 def _device_options(device: str) -> dict[str, torch.device]:
     if device == "cpu":
+        import torch
+
         return {"load_device": torch.device("cpu"), "offload_device": torch.device("cpu")}
     return {}
 
@@ -256,6 +259,8 @@ class ConditioningAverage:
 
     def addWeighted(self, conditioning_to: Conditioning, conditioning_from: Conditioning,
                     conditioning_to_strength: float) -> tuple[Conditioning]:
+        import torch
+
         if len(conditioning_from) > 1:
             logger.warning("Warning: ConditioningAverage conditioning_from contains more than 1 cond, only the "
                            "first one will actually be applied to conditioning_to.")
@@ -290,6 +295,8 @@ class ConditioningConcat:
     CATEGORY = "conditioning"
 
     def concat(self, conditioning_to: Conditioning, conditioning_from: Conditioning) -> tuple[Conditioning]:
+        import torch
+
         if len(conditioning_from) > 1:
             logger.warning("Warning: ConditioningConcat conditioning_from contains more than 1 cond, only the "
                            "first one will actually be applied to conditioning_to.")
@@ -370,6 +377,8 @@ class ConditioningZeroOut:
     SEARCH_ALIASES = ["null conditioning", "clear conditioning"]
 
     def zero_out(self, conditioning: Conditioning) -> tuple[Conditioning]:
+        import torch
+
         out = []
         for cond, options in conditioning:
             options = options.copy()

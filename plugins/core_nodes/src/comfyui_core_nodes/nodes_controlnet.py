@@ -1,9 +1,10 @@
 """ControlNet apply nodes: attach a ControlNet / T2I-Adapter with its hint image to conditionings."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Conditioning = list[list[Any]]
 

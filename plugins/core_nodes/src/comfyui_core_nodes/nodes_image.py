@@ -9,14 +9,13 @@ import json
 import math
 import os
 import random
-from typing import Any, Optional
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from comfy import paths
 from comfy_api.latest import io
-from comfyui_core_nodes import utils
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -81,6 +80,9 @@ class LoadImage:
     FUNCTION = "load_image"
 
     def load_image(self, image: str):
+        import numpy as np
+        import torch
+
         images, masks = [], []
         size = None
         image_format = None
@@ -128,6 +130,8 @@ class LoadImageMask:
     FUNCTION = "load_image"
 
     def load_image(self, image: str, channel: str):
+        import numpy as np
+        import torch
         from PIL import ImageOps
 
         with _open_image(paths.get_annotated_filepath(image)) as opened:
@@ -176,6 +180,7 @@ class SaveImage:
     DESCRIPTION = "Saves the input images to your ComfyUI output directory."
 
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        import numpy as np
         from PIL import Image
         from PIL.PngImagePlugin import PngInfo
 
@@ -214,6 +219,8 @@ class PreviewImage(SaveImage):
 
 
 def _scaled(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    from comfyui_core_nodes import utils
+
     return utils.common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
 
@@ -301,6 +308,8 @@ class ImageBatch:
     CATEGORY = "image"
 
     def batch(self, image1, image2):
+        import torch
+
         if image1.shape[-1] != image2.shape[-1]:
             # An RGB image joins an RGBA batch with an opaque alpha channel.
             if image1.shape[-1] > image2.shape[-1]:
@@ -326,6 +335,8 @@ class EmptyImage:
     CATEGORY = "image"
 
     def generate(self, width, height, batch_size=1, color=0):
+        import torch
+
         channels = [torch.full([batch_size, height, width, 1], ((color >> shift) & 0xFF) / 0xFF) for shift in (16, 8, 0)]
         return (torch.cat(channels, dim=-1),)
 
@@ -344,6 +355,8 @@ class ImagePadForOutpaint:
     CATEGORY = "image"
 
     def expand_image(self, image, left, top, right, bottom, feathering):
+        import torch
+
         batch, height, width, channels = image.size()
         padded = torch.ones((batch, height + top + bottom, width + left + right, channels), dtype=torch.float32) * 0.5
         padded[:, top:top + height, left:left + width, :] = image
@@ -431,8 +444,10 @@ class ImageUpscaleWithModel:
     CATEGORY = "image/upscaling"
 
     def upscale(self, upscale_model, image):
+        import torch
+
         from comfy.progress import ProgressBar
-        from comfyui_core_nodes import model_management
+        from comfyui_core_nodes import model_management, utils
 
         device = model_management.get_torch_device()
         upscale_model.to(device)

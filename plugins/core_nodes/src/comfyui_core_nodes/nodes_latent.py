@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
@@ -34,6 +35,8 @@ class EmptyLatentImage:
     CATEGORY = "latent"
 
     def generate(self, width: int, height: int, batch_size: int = 1) -> tuple[Latent]:
+        import torch
+
         from comfyui_core_nodes import model_management
 
         latent = torch.zeros([batch_size, 4, height // 8, width // 8], device=model_management.intermediate_device())
@@ -103,6 +106,8 @@ class LatentComposite:
 
     def composite(self, samples_to: Latent, samples_from: Latent, x: int, y: int, composite_method: str = "normal",
                   feather: int = 0) -> tuple[Latent]:
+        import torch
+
         x, y, feather = x // 8, y // 8, feather // 8
         target = samples_to["samples"]
         source = samples_from["samples"][:, :, :target.shape[2] - y, :target.shape[3] - x]
@@ -185,6 +190,8 @@ class LatentFlip:
     CATEGORY = "latent/transform"
 
     def flip(self, samples: Latent, flip_method: str) -> tuple[Latent]:
+        import torch
+
         out = dict(samples)
         if flip_method.startswith("x"):
             out["samples"] = torch.flip(samples["samples"], dims=[2])
@@ -205,6 +212,8 @@ class LatentRotate:
     CATEGORY = "latent/transform"
 
     def rotate(self, samples: Latent, rotation: str) -> tuple[Latent]:
+        import torch
+
         quarter_turns = self.ROTATIONS.index(rotation)
         out = dict(samples)
         out["samples"] = torch.rot90(samples["samples"], k=quarter_turns, dims=[3, 2])
@@ -363,6 +372,8 @@ class VAEEncodeForInpaint:
     CATEGORY = "latent/inpaint"
 
     def encode(self, vae: Any, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6) -> tuple[Latent]:
+        import torch
+
         vae = _require_vae(vae)
         ratio = vae.spacial_compression_encode()
         height, width = (pixels.shape[1] // ratio) * ratio, (pixels.shape[2] // ratio) * ratio

@@ -1,9 +1,10 @@
 """Loader nodes: checkpoints, diffusion models, VAEs, LoRAs and ControlNets from the model folders."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FLOAT_STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
 UNET_WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
@@ -29,6 +30,8 @@ def _embedding_folders() -> list[str]:
 
 def _weight_dtype_options(weight_dtype: str) -> dict[str, Any]:
     """UNETLoader's weight_dtype choice as loader options (fp8 storage, computing in the usual dtype)."""
+    import torch
+
     dtypes = {"fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None), "fp8_e4m3fn_fast": getattr(torch, "float8_e4m3fn", None),
               "fp8_e5m2": getattr(torch, "float8_e5m2", None)}
     dtype = dtypes.get(weight_dtype)

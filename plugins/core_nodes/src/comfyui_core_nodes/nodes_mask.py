@@ -4,12 +4,13 @@ MASK is a float tensor (batch, height, width), or (height, width), with 1 where 
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from comfy_api.latest import io
 from comfyui_core_nodes.nodes_image import MAX_RESOLUTION, PreviewImage
+
+if TYPE_CHECKING:
+    import torch
 
 CHANNELS = ["red", "green", "blue", "alpha"]
 
@@ -34,6 +35,8 @@ def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, m
     ``multiplier`` converts pixel offsets to the tensors' units (8 for latents). Parts of the
     source outside the destination are dropped. ``destination`` is changed in place and returned.
     """
+    import torch
+
     source = source.to(destination.device)
     if resize_source:
         source = torch.nn.functional.interpolate(source, size=(destination.shape[-2], destination.shape[-1]),
@@ -86,6 +89,8 @@ class LatentCompositeMasked(io.ComfyNode):
 
 def _alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Match channel counts: drop the source's alpha, or give the destination an opaque one."""
+    import torch
+
     if destination.shape[-1] < source.shape[-1]:
         source = source[..., :destination.shape[-1]]
     elif destination.shape[-1] > source.shape[-1]:
@@ -145,6 +150,8 @@ class ImageColorToMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, color) -> io.NodeOutput:
+        import torch
+
         rgb = (torch.clamp(image, 0, 1.0) * 255.0).round().to(torch.int)
         packed = (rgb[:, :, :, 0] << 16) + (rgb[:, :, :, 1] << 8) + rgb[:, :, :, 2]
         return io.NodeOutput(torch.where(packed == color, 1.0, 0).float())
@@ -161,6 +168,8 @@ class SolidMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, value, width, height) -> io.NodeOutput:
+        import torch
+
         return io.NodeOutput(torch.full((1, height, width), value, dtype=torch.float32, device="cpu"))
 
 
@@ -195,9 +204,9 @@ _MASK_OPERATIONS = {
     "multiply": lambda a, b: a * b,
     "add": lambda a, b: a + b,
     "subtract": lambda a, b: a - b,
-    "and": lambda a, b: torch.bitwise_and(a.round().bool(), b.round().bool()).float(),
-    "or": lambda a, b: torch.bitwise_or(a.round().bool(), b.round().bool()).float(),
-    "xor": lambda a, b: torch.bitwise_xor(a.round().bool(), b.round().bool()).float(),
+    "and": lambda a, b: (a.round().bool() & b.round().bool()).float(),
+    "or": lambda a, b: (a.round().bool() | b.round().bool()).float(),
+    "xor": lambda a, b: (a.round().bool() ^ b.round().bool()).float(),
 }
 
 
@@ -212,6 +221,8 @@ class MaskComposite(io.ComfyNode):
 
     @classmethod
     def execute(cls, destination, source, x, y, operation) -> io.NodeOutput:
+        import torch
+
         output = _batched(destination).clone()
         source = _batched(source)
         right = min(x + source.shape[-1], destination.shape[-1])
@@ -263,6 +274,8 @@ class GrowMask(io.ComfyNode):
     @classmethod
     def execute(cls, mask, expand, tapered_corners) -> io.NodeOutput:
         """Grey dilation (or erosion when negative) by a 3x3 cross (tapered) or square, ``|expand|`` times."""
+        import torch
+
         output = _batched(mask).clone().unsqueeze(1)
         for _ in range(abs(expand)):
             # Edge padding: beyond the border the values repeat, as a mirrored border does for 3x3.

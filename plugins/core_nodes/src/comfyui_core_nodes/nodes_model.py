@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -15,6 +16,8 @@ RATIO = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
 
 def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
     """Scale the lowest spatial frequencies (a 2*threshold square around DC) of each channel by ``scale``."""
+    import torch
+
     freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
     batch, channels, height, width = freq.shape
     mask = torch.ones((batch, channels, height, width), device=x.device)
@@ -102,6 +105,8 @@ class RescaleCFG:
     CATEGORY = "advanced/model"
 
     def patch(self, model: Any, multiplier: float) -> tuple[Any]:
+        import torch
+
         def rescale_cfg(args: dict) -> torch.Tensor:
             cond, uncond, cond_scale = args["cond"], args["uncond"], args["cond_scale"]
             sigma = args["sigma"].view(args["sigma"].shape[:1] + (1,) * (cond.ndim - 1))

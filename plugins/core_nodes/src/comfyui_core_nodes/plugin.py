@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
     from comfy.cli_args_types import Configuration
 
-# Each module exposes NODE_CLASS_MAPPINGS (and optionally NODE_DISPLAY_NAME_MAPPINGS).
+# Each module exposes NODE_CLASS_MAPPINGS (and optionally NODE_DISPLAY_NAME_MAPPINGS). They import no
+# torch, numpy or PIL at module level (their nodes do when they run), so registering nodes stays light.
 NODE_MODULES: tuple[str, ...] = (
     "comfyui_core_nodes.nodes_conditioning",
     "comfyui_core_nodes.nodes_loaders",

@@ -3,7 +3,8 @@
 ``calc_cond_batch`` runs the model once per batch of compatible conditionings and blends their
 predictions by area and mask; ``cfg_function`` combines positive and negative predictions with the
 ``sampler_cfg_function`` / ``sampler_post_cfg_function`` hooks of ``model_options``; ``CFGGuider``
-prepares conditioning for a model, loads it and runs a sampler with itself as the denoiser.
+prepares conditioning for a model, loads it and runs a sampler with itself as the denoiser;
+``Guider_Basic`` and ``Guider_DualCFG`` are the BasicGuider and DualCFGGuider nodes' variants.
 """
 from __future__ import annotations
 
@@ -634,3 +635,39 @@ class CFGGuider:
         finally:
             self.model_options = original_options
             del self.conds
+
+
+class Guider_Basic(CFGGuider):
+    """Guidance by the positive conditioning alone (no CFG)."""
+
+    def set_conds(self, positive) -> None:
+        self.inner_set_conds({"positive": positive})
+
+
+class Guider_DualCFG(CFGGuider):
+    """Two conditionings guided against each other and against a negative (ComfyUI's Guider_DualCFG)."""
+
+    def set_cfg(self, cfg1: float, cfg2: float, nested: bool = False) -> None:
+        self.cfg1, self.cfg2, self.nested = cfg1, cfg2, nested
+
+    def set_conds(self, positive, middle, negative) -> None:
+        middle = [[tensor, dict(options, prompt_type="negative")] for tensor, options in middle]
+        self.inner_set_conds({"positive": positive, "middle": middle, "negative": negative})
+
+    def predict_noise(self, x, timestep, model_options=None, seed=None) -> torch.Tensor:
+        model_options = model_options or {}
+        negative = self.conds.get("negative")
+        middle = self.conds.get("middle")
+        positive = self.conds.get("positive")
+        if self.nested:
+            out = calc_cond_batch(self.inner_model, [negative, middle, positive], x, timestep, model_options)
+            text = cfg_function(self.inner_model, out[2], out[1], self.cfg1, x, timestep, model_options=model_options,
+                                cond=positive, uncond=middle)
+            return out[0] + self.cfg2 * (text - out[0])
+        if not model_options.get("disable_cfg1_optimization", False) and math.isclose(self.cfg2, 1.0):
+            negative = None
+            if math.isclose(self.cfg1, 1.0):
+                middle = None
+        out = calc_cond_batch(self.inner_model, [negative, middle, positive], x, timestep, model_options)
+        return (cfg_function(self.inner_model, out[1], out[0], self.cfg2, x, timestep, model_options=model_options,
+                             cond=middle, uncond=negative) + (out[2] - out[1]) * self.cfg1)

@@ -2,21 +2,20 @@
 
 Also the legacy ``comfy_extras.nodes_custom_sampler``, whose NOISE and GUIDER classes
 (``Noise_RandomNoise``, ``Guider_Basic``...) vanilla custom nodes import by those names.
+Declaring the nodes imports no torch; each node imports the sampling modules when it runs.
 """
 from __future__ import annotations
 
 import math
 import re
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from comfy_api.latest import io
-from comfyui_samplers import k_sampling, samplers, solver_coefficients
-from comfyui_samplers.guidance import CFGGuider as _CFGGuider
-from comfyui_samplers.guidance import calc_cond_batch, cfg_function
+from comfyui_samplers.names import SAMPLER_NAMES, SCHEDULER_NAMES
 from comfyui_samplers.noise import Noise_EmptyNoise, Noise_RandomNoise
-from comfyui_samplers.sample import common_ksampler, fix_empty_latent_channels, prepare_callback, sample_custom
-from comfyui_samplers.schedulers import SCHEDULER_NAMES, beta_scheduler, calculate_sigmas
+
+if TYPE_CHECKING:
+    from comfyui_samplers.samplers import KSAMPLER
 
 SEED_MAX = 0xffffffffffffffff
 SIGMA_MAX_DEFAULT = 14.614642  # SD1.x's largest sigma
@@ -36,9 +35,8 @@ class KSampler:
                               "tooltip": "The Classifier-Free Guidance scale balances creativity and adherence to "
                                          "the prompt. Higher values result in images more closely matching the "
                                          "prompt however too high values will negatively impact quality."}),
-            "sampler_name": (samplers.SAMPLER_NAMES, {"tooltip": "The algorithm used when sampling, this can "
-                                                                 "affect the quality, speed, and style of the "
-                                                                 "generated output."}),
+            "sampler_name": (SAMPLER_NAMES, {"tooltip": "The algorithm used when sampling, this can affect the "
+                                                        "quality, speed, and style of the generated output."}),
             "scheduler": (SCHEDULER_NAMES, {"tooltip": "The scheduler controls how noise is gradually removed "
                                                        "to form the image."}),
             "positive": ("CONDITIONING", {"tooltip": "The conditioning describing the attributes you want to "
@@ -60,6 +58,8 @@ class KSampler:
     SEARCH_ALIASES = ["sampler", "sample", "generate", "denoise", "diffuse", "txt2img", "img2img"]
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+        from comfyui_samplers.sample import common_ksampler
+
         return common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                denoise=denoise)
 
@@ -73,7 +73,7 @@ class KSamplerAdvanced:
             "noise_seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
             "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-            "sampler_name": (samplers.SAMPLER_NAMES,),
+            "sampler_name": (SAMPLER_NAMES,),
             "scheduler": (SCHEDULER_NAMES,),
             "positive": ("CONDITIONING",),
             "negative": ("CONDITIONING",),
@@ -89,6 +89,8 @@ class KSamplerAdvanced:
 
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
+        from comfyui_samplers.sample import common_ksampler
+
         return common_ksampler(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                latent_image, denoise=denoise, disable_noise=add_noise == "disable",
                                start_step=start_at_step, last_step=end_at_step,
@@ -121,6 +123,10 @@ class BasicScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, scheduler, steps, denoise) -> io.NodeOutput:
+        import torch
+
+        from comfyui_samplers.schedulers import calculate_sigmas
+
         total_steps = steps
         if denoise < 1.0:
             if denoise <= 0.0:
@@ -141,6 +147,8 @@ class KarrasScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, sigma_max, sigma_min, rho) -> io.NodeOutput:
+        from comfyui_samplers import k_sampling
+
         return io.NodeOutput(k_sampling.get_sigmas_karras(n=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho))
 
 
@@ -154,6 +162,8 @@ class ExponentialScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, sigma_max, sigma_min) -> io.NodeOutput:
+        from comfyui_samplers import k_sampling
+
         return io.NodeOutput(k_sampling.get_sigmas_exponential(n=steps, sigma_min=sigma_min, sigma_max=sigma_max))
 
 
@@ -168,6 +178,8 @@ class PolyexponentialScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, sigma_max, sigma_min, rho) -> io.NodeOutput:
+        from comfyui_samplers import k_sampling
+
         return io.NodeOutput(k_sampling.get_sigmas_polyexponential(n=steps, sigma_min=sigma_min, sigma_max=sigma_max,
                                                                    rho=rho))
 
@@ -184,6 +196,8 @@ class LaplaceScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, sigma_max, sigma_min, mu, beta) -> io.NodeOutput:
+        from comfyui_samplers import k_sampling
+
         return io.NodeOutput(k_sampling.get_sigmas_laplace(n=steps, sigma_min=sigma_min, sigma_max=sigma_max, mu=mu,
                                                            beta=beta))
 
@@ -199,6 +213,8 @@ class SDTurboScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, denoise) -> io.NodeOutput:
+        import torch
+
         # SD Turbo was distilled on the ten timesteps 999, 899, ..., 99.
         start_step = 10 - int(10 * denoise)
         timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start_step:start_step + steps]
@@ -218,6 +234,8 @@ class BetaSamplingScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, alpha, beta) -> io.NodeOutput:
+        from comfyui_samplers.schedulers import beta_scheduler
+
         return io.NodeOutput(beta_scheduler(model.get_model_object("model_sampling"), steps, alpha=alpha, beta=beta))
 
 
@@ -234,6 +252,8 @@ class VPScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, beta_d, beta_min, eps_s) -> io.NodeOutput:
+        from comfyui_samplers import k_sampling
+
         return io.NodeOutput(k_sampling.get_sigmas_vp(n=steps, beta_d=beta_d, beta_min=beta_min, eps_s=eps_s))
 
 
@@ -299,8 +319,8 @@ class SetFirstSigma(io.ComfyNode):
         return io.NodeOutput(sigmas)
 
 
-_SPACINGS = {"linear": lambda x: x, "cosine": lambda x: torch.sin(x * math.pi / 2),
-             "sine": lambda x: 1 - torch.cos(x * math.pi / 2)}
+_SPACINGS = {"linear": lambda x: x, "cosine": lambda x: (x * math.pi / 2).sin(),
+             "sine": lambda x: 1 - (x * math.pi / 2).cos()}
 
 
 class ExtendIntermediateSigmas(io.ComfyNode):
@@ -316,6 +336,8 @@ class ExtendIntermediateSigmas(io.ComfyNode):
 
     @classmethod
     def execute(cls, sigmas, steps, start_at_sigma, end_at_sigma, spacing) -> io.NodeOutput:
+        import torch
+
         if start_at_sigma < 0:
             start_at_sigma = float("inf")
         fractions = _SPACINGS[spacing](torch.linspace(0, 1, steps + 1, device=sigmas.device)[1:-1])
@@ -362,6 +384,8 @@ class ManualSigmas(io.ComfyNode):
 
     @classmethod
     def execute(cls, sigmas) -> io.NodeOutput:
+        import torch
+
         return io.NodeOutput(torch.FloatTensor([float(value) for value in re.findall(r"[-+]?(?:\d*\.*\d+)", sigmas)]))
 
 
@@ -371,12 +395,21 @@ class KSamplerSelect(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="KSamplerSelect", category=SAMPLERS_CATEGORY,
-                         inputs=[io.Combo.Input("sampler_name", options=samplers.SAMPLER_NAMES)],
+                         inputs=[io.Combo.Input("sampler_name", options=SAMPLER_NAMES)],
                          outputs=[io.Sampler.Output()])
 
     @classmethod
     def execute(cls, sampler_name) -> io.NodeOutput:
+        from comfyui_samplers import samplers
+
         return io.NodeOutput(samplers.sampler_object(sampler_name))
+
+
+def _ksampler(sampler_name: str, extra_options: dict[str, Any]) -> KSAMPLER:
+    """``samplers.ksampler``, imported when a node runs: the sampler implementations import torch."""
+    from comfyui_samplers import samplers
+
+    return samplers.ksampler(sampler_name, extra_options)
 
 
 def _eta_noise_inputs(eta_max: float = 100.0, s_noise_max: float = 100.0) -> list:
@@ -400,7 +433,7 @@ class SamplerDPMPP_3M_SDE(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta, s_noise, noise_device) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler(_by_device("dpmpp_3m_sde", noise_device), {"eta": eta, "s_noise": s_noise}))
+        return io.NodeOutput(_ksampler(_by_device("dpmpp_3m_sde", noise_device), {"eta": eta, "s_noise": s_noise}))
 
 
 class SamplerDPMPP_2M_SDE(io.ComfyNode):
@@ -413,7 +446,7 @@ class SamplerDPMPP_2M_SDE(io.ComfyNode):
 
     @classmethod
     def execute(cls, solver_type, eta, s_noise, noise_device) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler(_by_device("dpmpp_2m_sde", noise_device),
+        return io.NodeOutput(_ksampler(_by_device("dpmpp_2m_sde", noise_device),
                                                {"eta": eta, "s_noise": s_noise, "solver_type": solver_type}))
 
 
@@ -428,7 +461,7 @@ class SamplerDPMPP_SDE(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta, s_noise, r, noise_device) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler(_by_device("dpmpp_sde", noise_device),
+        return io.NodeOutput(_ksampler(_by_device("dpmpp_sde", noise_device),
                                                {"eta": eta, "s_noise": s_noise, "r": r}))
 
 
@@ -440,7 +473,7 @@ class SamplerDPMPP_2S_Ancestral(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta, s_noise) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("dpmpp_2s_ancestral", {"eta": eta, "s_noise": s_noise}))
+        return io.NodeOutput(_ksampler("dpmpp_2s_ancestral", {"eta": eta, "s_noise": s_noise}))
 
 
 class SamplerEulerAncestral(io.ComfyNode):
@@ -451,7 +484,7 @@ class SamplerEulerAncestral(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta, s_noise) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("euler_ancestral", {"eta": eta, "s_noise": s_noise}))
+        return io.NodeOutput(_ksampler("euler_ancestral", {"eta": eta, "s_noise": s_noise}))
 
 
 class SamplerEulerAncestralCFGPP(io.ComfyNode):
@@ -463,7 +496,7 @@ class SamplerEulerAncestralCFGPP(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta, s_noise) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("euler_ancestral_cfg_pp", {"eta": eta, "s_noise": s_noise}))
+        return io.NodeOutput(_ksampler("euler_ancestral_cfg_pp", {"eta": eta, "s_noise": s_noise}))
 
 
 class SamplerLMS(io.ComfyNode):
@@ -474,7 +507,7 @@ class SamplerLMS(io.ComfyNode):
 
     @classmethod
     def execute(cls, order) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("lms", {"order": order}))
+        return io.NodeOutput(_ksampler("lms", {"order": order}))
 
 
 class SamplerDPMAdaptative(io.ComfyNode):
@@ -492,7 +525,7 @@ class SamplerDPMAdaptative(io.ComfyNode):
 
     @classmethod
     def execute(cls, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("dpm_adaptive", {
+        return io.NodeOutput(_ksampler("dpm_adaptive", {
             "order": order, "rtol": rtol, "atol": atol, "h_init": h_init, "pcoeff": pcoeff, "icoeff": icoeff,
             "dcoeff": dcoeff, "accept_safety": accept_safety, "eta": eta, "s_noise": s_noise}))
 
@@ -518,7 +551,7 @@ class SamplerER_SDE(io.ComfyNode):
         if solver_type != "ER-SDE":
             def noise_scaler(x):
                 return x ** (eta + 1)
-        return io.NodeOutput(samplers.ksampler("er_sde", {"s_noise": s_noise, "noise_scaler": noise_scaler,
+        return io.NodeOutput(_ksampler("er_sde", {"s_noise": s_noise, "noise_scaler": noise_scaler,
                                                           "max_stage": max_stage}))
 
 
@@ -540,10 +573,12 @@ class SamplerSASolver(io.ComfyNode):
     @classmethod
     def execute(cls, model, eta, sde_start_percent, sde_end_percent, s_noise, predictor_order, corrector_order,
                 use_pece, simple_order_2) -> io.NodeOutput:
+        from comfyui_samplers import solver_coefficients
+
         model_sampling = model.get_model_object("model_sampling")
         tau_func = solver_coefficients.sa_solver_tau_interval(model_sampling.percent_to_sigma(sde_start_percent),
                                                               model_sampling.percent_to_sigma(sde_end_percent), eta=eta)
-        return io.NodeOutput(samplers.ksampler("sa_solver", {
+        return io.NodeOutput(_ksampler("sa_solver", {
             "tau_func": tau_func, "s_noise": s_noise, "predictor_order": predictor_order,
             "corrector_order": corrector_order, "use_pece": use_pece, "simple_order_2": simple_order_2}))
 
@@ -567,7 +602,7 @@ class SamplerSEEDS2(io.ComfyNode):
 
     @classmethod
     def execute(cls, solver_type, eta, s_noise, r) -> io.NodeOutput:
-        return io.NodeOutput(samplers.ksampler("seeds_2", {"eta": eta, "s_noise": s_noise, "r": r,
+        return io.NodeOutput(_ksampler("seeds_2", {"eta": eta, "s_noise": s_noise, "r": r,
                                                            "solver_type": solver_type}))
 
 
@@ -596,42 +631,6 @@ class DisableNoise(io.ComfyNode):
         return io.NodeOutput(Noise_EmptyNoise())
 
 
-class Guider_Basic(_CFGGuider):
-    """Guidance by the positive conditioning alone (no CFG)."""
-
-    def set_conds(self, positive) -> None:
-        self.inner_set_conds({"positive": positive})
-
-
-class Guider_DualCFG(_CFGGuider):
-    """Two conditionings guided against each other and against a negative (ComfyUI's Guider_DualCFG)."""
-
-    def set_cfg(self, cfg1: float, cfg2: float, nested: bool = False) -> None:
-        self.cfg1, self.cfg2, self.nested = cfg1, cfg2, nested
-
-    def set_conds(self, positive, middle, negative) -> None:
-        middle = [[tensor, dict(options, prompt_type="negative")] for tensor, options in middle]
-        self.inner_set_conds({"positive": positive, "middle": middle, "negative": negative})
-
-    def predict_noise(self, x, timestep, model_options=None, seed=None) -> torch.Tensor:
-        model_options = model_options or {}
-        negative = self.conds.get("negative")
-        middle = self.conds.get("middle")
-        positive = self.conds.get("positive")
-        if self.nested:
-            out = calc_cond_batch(self.inner_model, [negative, middle, positive], x, timestep, model_options)
-            text = cfg_function(self.inner_model, out[2], out[1], self.cfg1, x, timestep, model_options=model_options,
-                                cond=positive, uncond=middle)
-            return out[0] + self.cfg2 * (text - out[0])
-        if not model_options.get("disable_cfg1_optimization", False) and math.isclose(self.cfg2, 1.0):
-            negative = None
-            if math.isclose(self.cfg1, 1.0):
-                middle = None
-        out = calc_cond_batch(self.inner_model, [negative, middle, positive], x, timestep, model_options)
-        return (cfg_function(self.inner_model, out[1], out[0], self.cfg2, x, timestep, model_options=model_options,
-                             cond=middle, uncond=negative) + (out[2] - out[1]) * self.cfg1)
-
-
 class BasicGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -641,7 +640,9 @@ class BasicGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, conditioning) -> io.NodeOutput:
-        guider = Guider_Basic(model)
+        from comfyui_samplers import guidance
+
+        guider = guidance.Guider_Basic(model)
         guider.set_conds(conditioning)
         return io.NodeOutput(guider)
 
@@ -657,7 +658,9 @@ class CFGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg) -> io.NodeOutput:
-        guider = _CFGGuider(model)
+        from comfyui_samplers import guidance
+
+        guider = guidance.CFGGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return io.NodeOutput(guider)
@@ -677,7 +680,9 @@ class DualCFGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, style="regular") -> io.NodeOutput:
-        guider = Guider_DualCFG(model)
+        from comfyui_samplers import guidance
+
+        guider = guidance.Guider_DualCFG(model)
         guider.set_conds(cond1, cond2, negative)
         guider.set_cfg(cfg_conds, cfg_cond2_negative, nested=style == "nested")
         return io.NodeOutput(guider)
@@ -713,6 +718,8 @@ class SamplerCustom(io.ComfyNode):
     @classmethod
     def execute(cls, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas,
                 latent_image) -> io.NodeOutput:
+        from comfyui_samplers.sample import fix_empty_latent_channels, prepare_callback, sample_custom
+
         latent = dict(latent_image)
         latent["samples"] = fix_empty_latent_channels(model, latent["samples"])
         noise = (Noise_RandomNoise(noise_seed) if add_noise else Noise_EmptyNoise()).generate_noise(latent)
@@ -736,6 +743,7 @@ class SamplerCustomAdvanced(io.ComfyNode):
     @classmethod
     def execute(cls, noise, guider, sampler, sigmas, latent_image) -> io.NodeOutput:
         from comfyui_core_nodes import model_management
+        from comfyui_samplers.sample import fix_empty_latent_channels, prepare_callback
 
         latent = dict(latent_image)
         latent["samples"] = fix_empty_latent_channels(guider.model_patcher, latent["samples"])
@@ -758,6 +766,8 @@ class AddNoise(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, noise, sigmas, latent_image) -> io.NodeOutput:
+        import torch
+
         if len(sigmas) == 0:
             return io.NodeOutput(latent_image)
         samples = latent_image["samples"]
@@ -789,3 +799,14 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "KSampler": "KSampler",
     "KSamplerAdvanced": "KSampler (Advanced)",
 }
+
+# The legacy module's guider classes build on the torch-backed CFGGuider: they load when first asked for.
+_GUIDER_CLASSES = ("Guider_Basic", "Guider_DualCFG")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GUIDER_CLASSES:
+        from comfyui_samplers import guidance
+
+        return getattr(guidance, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,10 @@
 """The initial noise of a sampling run, drawn exactly as ComfyUI draws it so seeds carry over."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def prepare_noise(latent_image: torch.Tensor, seed: int, noise_inds: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -14,6 +15,8 @@ def prepare_noise(latent_image: torch.Tensor, seed: int, noise_inds: Optional[Se
     index up to the largest and keeps the ones asked for, so a single image taken out of a batch
     reproduces.
     """
+    import torch
+
     generator = torch.manual_seed(seed)
     if noise_inds is None:
         return torch.randn(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout,
@@ -34,6 +37,8 @@ class Noise_EmptyNoise:
     seed = 0
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        import torch
+
         samples = input_latent["samples"]
         return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout, device="cpu")
 

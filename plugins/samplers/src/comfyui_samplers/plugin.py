@@ -18,7 +18,7 @@ LEGACY_MODULES: dict[str, str] = {
 
 @hookimpl
 def comfyui_register_nodes(register: Callable[..., None]) -> None:
-    from comfyui_samplers import nodes  # imports torch: only when nodes are asked for
+    from comfyui_samplers import nodes  # declarations only: torch loads when a sampling node runs
 
     for name, node_class in nodes.NODE_CLASS_MAPPINGS.items():
         register(name, node_class, nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name))

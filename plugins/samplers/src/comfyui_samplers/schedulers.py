@@ -14,9 +14,7 @@ from typing import Any, Callable
 import torch
 
 from comfyui_samplers import k_sampling
-
-SCHEDULER_NAMES: list[str] = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta",
-                              "linear_quadratic", "kl_optimal"]
+from comfyui_samplers.names import SCHEDULER_NAMES  # noqa: F401  (callers read the names here too)
 
 
 def simple_scheduler(model_sampling: Any, steps: int) -> torch.Tensor:
