@@ -301,3 +301,28 @@ async def test_rest_api_waits_for_the_remote_result(cluster: Cluster, base_dir: 
                                 headers={"Accept": "application/json"}) as response:
             assert response.status == 500
             assert (await response.json())["error_details"]["exception_type"] == "ValueError"
+
+
+async def test_two_frontends_share_the_workers_and_keep_their_own_prompts(cluster: Cluster, base_dir: Path):
+    frontends = [cluster.frontend(base_dir), cluster.frontend(base_dir)]
+    workers = [cluster.worker(base_dir), cluster.worker(base_dir)]
+    sessions = [aiohttp.ClientSession(frontend.url) for frontend in frontends]
+    try:
+        # The same client id on both frontends: each still gets only the events of its own prompts.
+        sockets = [await connect_ws(session, frontend, "same-client") for session, frontend in zip(sessions, frontends)]
+        submitted = [[await post_prompt(session, work_prompt(value=10 * index + count, seconds=0.3, steps=2),
+                                        client_id="same-client") for count in range(3)]
+                     for index, session in enumerate(sessions)]
+        for session, ids, events in zip(sessions, submitted, sockets):
+            entries = [await wait_for_history(session, prompt_id) for prompt_id in ids]
+            assert all(entry["status"]["status_str"] == "success" for entry in entries)
+            async with session.get("/history") as response:
+                assert sorted(await response.json()) == sorted(ids)
+            await events.wait_until(lambda _: set(ids) <= set(events.finished()))
+            assert {m["data"]["prompt_id"] for m in events.json() if "prompt_id" in (m.get("data") or {})} == set(ids)
+            await events.close()
+        ran_on = {entry_pid for _, _, entry_pid in runs(base_dir)}
+        assert ran_on == {worker.pid for worker in workers}
+    finally:
+        for session in sessions:
+            await session.close()
