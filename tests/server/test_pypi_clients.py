@@ -5,12 +5,15 @@
 - comfyui-autograph (standard library only, its own websocket client): converts a UI-format workflow
   (``widgets_values``) to API format from /object_info, submits it, follows /ws and /history, saves the images
   from /view; as a library and as its command line.
+- comfy-cli, Comfy-Org's command line: ``comfy run`` converts the UI workflow from /object_info, checks it against
+  /object_info, queues it and follows /ws; ``comfy download`` reads /history and saves the images from /view.
 """
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -206,3 +209,40 @@ async def test_comfy_api_simplified_sees_refusals_and_execution_errors(server):
                "3": {"class_type": "ServerTestSaveImage", "inputs": {"value": ["2", 0], "filename_prefix": "Never"}}}
     with pytest.raises(ComfyApiError, match="Execution error"):
         await asyncio.to_thread(lambda: asyncio.run(client.queue_prompt_and_wait(failing)))
+
+
+async def run_comfy_cli(home: Path, *args: str, environment: dict[str, str] | None = None) -> list[dict]:
+    """``comfy --skip-prompt ARGS`` with its NDJSON output, in a home folder of its own and without telemetry."""
+    folders = {name: str(home / name.lower()) for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
+                                                         "XDG_STATE_HOME")}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("comfy")), "--skip-prompt", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "HOME": str(home), **folders, "DO_NOT_TRACK": "1",
+                                             "COMFY_NO_WATCH": "1", **(environment or {})})
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, (stdout + stderr).decode()
+    return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+
+
+async def test_comfy_cli_runs_a_ui_workflow_and_downloads_its_image(server, tmp_path):
+    workflow, home = tmp_path / "workflow.json", tmp_path / "home"
+    workflow.write_text(json.dumps(UI_WORKFLOW))
+    host, port = server.url.removeprefix("http://").split(":")
+    events = await run_comfy_cli(home, "run", "--workflow", str(workflow), "--host", host, "--port", port, "--wait",
+                                 "--json")
+    by_type = {event["type"]: event for event in events}
+    # What it converted from our /object_info and sent, titled from the UI workflow and the display names.
+    sent = by_type["prompt_preview"]["prompt"]
+    assert {node: {"class_type": entry["class_type"], "inputs": entry["inputs"]} for node, entry in sent.items()} \
+        == EXPECTED_API
+    assert sent["3"]["_meta"]["title"] == "Paint" and sent["1"]["_meta"]["title"] == "Number (server tests)"
+    assert [event["node"] for event in events if event["type"] == "executing"] == ["1", "2", "4", "3"]
+    envelope = events[-1]
+    assert envelope["type"] == "envelope" and envelope["ok"] is True and envelope["data"]["status"] == "completed"
+    prompt_id = envelope["data"]["prompt_id"]
+
+    saved = tmp_path / "saved"
+    download = await run_comfy_cli(home, "--json", "download", prompt_id, "--out-dir", str(saved),
+                                   environment={"COMFY_LOCAL_URL": server.url})
+    (file,) = download[-1]["data"]["files"]
+    assert image_facts(Path(file["path"]).read_bytes()) == EXPECTED_IMAGE
