@@ -5,6 +5,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from comfy_api.latest import io
+from comfyui_core_nodes.nodes_loaders import _embedding_folders, _filenames, _full_path
 
 if TYPE_CHECKING:
     import torch
@@ -35,24 +36,6 @@ def set_values(conditioning: Conditioning, values: dict[str, Any], append: bool 
             options[key] = value
         out.append([cond, options])
     return out
-
-
-def _filenames(folder: str) -> list[str]:
-    from comfy import paths
-
-    return paths.get_filename_list(folder)
-
-
-def _full_path(folder: str, name: str) -> str:
-    from comfy import paths
-
-    return paths.get_full_path_or_raise(folder, name)
-
-
-def _embedding_folders() -> list[str]:
-    from comfy import paths
-
-    return paths.get_folder_paths("embeddings")
 
 
 def _device_options(device: str) -> dict[str, torch.device]:

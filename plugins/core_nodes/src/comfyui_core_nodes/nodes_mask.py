@@ -19,15 +19,6 @@ def _batched(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape((-1, mask.shape[-2], mask.shape[-1]))
 
 
-def _repeat_to_batch(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if tensor.shape[0] > batch_size:
-        return tensor[:batch_size]
-    if tensor.shape[0] < batch_size:
-        repeats = -(-batch_size // tensor.shape[0])
-        return tensor.repeat((repeats,) + (1,) * (tensor.ndim - 1))[:batch_size]
-    return tensor
-
-
 def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask: Optional[torch.Tensor] = None,
               multiplier: int = 8, resize_source: bool = False) -> torch.Tensor:
     """Paste ``source`` into ``destination`` (both channels-first) at (x, y) pixels, through ``mask``.
@@ -37,11 +28,13 @@ def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, m
     """
     import torch
 
+    from comfyui_core_nodes.conds import repeat_to_batch_size
+
     source = source.to(destination.device)
     if resize_source:
         source = torch.nn.functional.interpolate(source, size=(destination.shape[-2], destination.shape[-1]),
                                                  mode="bilinear")
-    source = _repeat_to_batch(source, destination.shape[0])
+    source = repeat_to_batch_size(source, destination.shape[0])
     x = max(-source.shape[-1] * multiplier, min(x, destination.shape[-1] * multiplier))
     y = max(-source.shape[-2] * multiplier, min(y, destination.shape[-2] * multiplier))
     left, top = x // multiplier, y // multiplier
@@ -52,7 +45,7 @@ def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, m
         mask = mask.to(destination.device, copy=True)
         mask = torch.nn.functional.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
                                                size=(source.shape[-2], source.shape[-1]), mode="bilinear")
-        mask = _repeat_to_batch(mask, source.shape[0])
+        mask = repeat_to_batch_size(mask, source.shape[0])
     visible_width = destination.shape[-1] - left + min(0, x)
     visible_height = destination.shape[-2] - top + min(0, y)
     mask = mask[:, :, :visible_height, :visible_width]

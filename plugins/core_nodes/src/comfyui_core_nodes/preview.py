@@ -7,7 +7,7 @@ its weights are there, else latent2rgb. Previews travel as ``(format, PIL image,
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ from comfyui_core_nodes.options import option
 logger = logging.getLogger(__name__)
 
 PreviewMessage = tuple[str, Any, int]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
 
 def preview_to_image(latent_image: torch.Tensor, do_scale: bool = True) -> Any:
@@ -136,8 +137,12 @@ def get_previewer(device: Any, latent_format: Any) -> Optional[LatentPreviewer]:
     return Latent2RGBPreviewer(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias)
 
 
-def prepare_callback(model: Any, steps: int, x0_output_dict: Optional[dict] = None) -> Any:
-    """ComfyUI's per-step callback: progress with a preview of the current prediction."""
+def prepare_callback(model: Any, steps: int, x0_output_dict: Optional[dict] = None) -> StepCallback:
+    """ComfyUI's per-step callback: progress with a preview of the current prediction, and interrupts.
+
+    With ``x0_output_dict`` the latest denoised prediction is kept in it under ``"x0"``.
+    """
+    from comfy.execution_context import throw_exception_if_processing_interrupted
     from comfyui_core_nodes.utils import ProgressBar
 
     previewer = get_previewer(model.load_device, model.model.latent_format)
@@ -148,6 +153,8 @@ def prepare_callback(model: Any, steps: int, x0_output_dict: Optional[dict] = No
             x0_output_dict["x0"] = x0
         preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer is not None else None
         progress.update_absolute(step + 1, total_steps, preview)
+        # ComfyUI's progress hook raises here when the prompt was interrupted.
+        throw_exception_if_processing_interrupted()
 
     return callback
 

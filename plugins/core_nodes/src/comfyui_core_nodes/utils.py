@@ -272,16 +272,19 @@ def tiled_scale(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.
 
 
 def reshape_mask(input_mask: torch.Tensor, output_shape: Sequence[int]) -> torch.Tensor:
-    """A mask resized to a latent's spatial size and repeated over its channels."""
+    """A MASK resized to a latent's spatial size and repeated over its channels and batch."""
     dims = len(output_shape) - 2
     if dims == 1:
         mode = "linear"
     elif dims == 2:
         input_mask = input_mask.reshape((-1, 1, input_mask.shape[-2], input_mask.shape[-1]))
         mode = "bilinear"
-    else:
-        input_mask = input_mask.reshape((1, 1, -1, input_mask.shape[-2], input_mask.shape[-1]))
+    elif dims == 3:
+        if input_mask.ndim < 5:
+            input_mask = input_mask.reshape((1, 1, -1, input_mask.shape[-2], input_mask.shape[-1]))
         mode = "trilinear"
+    else:
+        raise ValueError(f"a mask cannot be shaped for a latent of {len(output_shape)} dimensions")
     mask = torch.nn.functional.interpolate(input_mask, size=tuple(output_shape[2:]), mode=mode)
     if mask.shape[1] < output_shape[1]:
         mask = mask.repeat((1, output_shape[1]) + (1,) * dims)[:, :output_shape[1]]

@@ -55,36 +55,6 @@ def clone_model_options(model_options: dict) -> dict:
     return options
 
 
-def _repeat_to_batch(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
-    if tensor.shape[dim] > batch_size:
-        return tensor.narrow(dim, 0, batch_size)
-    if tensor.shape[dim] < batch_size:
-        repeats = [1] * tensor.ndim
-        repeats[dim] = math.ceil(batch_size / tensor.shape[dim])
-        return tensor.repeat(repeats).narrow(dim, 0, batch_size)
-    return tensor
-
-
-def reshape_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A MASK resized (bilinear) to a latent's spatial size and repeated over its channels and batch."""
-    dims = len(shape) - 2
-    if dims == 1:
-        mode = "linear"
-    elif dims == 2:
-        mask = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
-        mode = "bilinear"
-    elif dims == 3:
-        if mask.ndim < 5:
-            mask = mask.reshape((1, 1, -1, mask.shape[-2], mask.shape[-1]))
-        mode = "trilinear"
-    else:
-        raise ValueError(f"a mask cannot be shaped for a latent of {len(shape)} dimensions")
-    mask = torch.nn.functional.interpolate(mask, size=tuple(shape[2:]), mode=mode)
-    if mask.shape[1] < shape[1]:
-        mask = mask.repeat((1, shape[1]) + (1,) * dims)[:, :shape[1]]
-    return _repeat_to_batch(mask, shape[0])
-
-
 # --- conditioning preparation ----------------------------------------------------------------
 
 def convert_cond(cond: Sequence) -> list[dict]:
@@ -626,6 +596,8 @@ class CFGGuider:
         if sigmas.shape[-1] == 0:
             return latent_image
         if denoise_mask is not None:
+            from comfyui_core_nodes.utils import reshape_mask
+
             denoise_mask = reshape_mask(denoise_mask, noise.shape).to(self.model_patcher.load_device)
         self.conds = {key: [dict(cond) for cond in conds] for key, conds in self.original_conds.items()}
         original_options = self.model_options

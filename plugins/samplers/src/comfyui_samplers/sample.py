@@ -5,19 +5,16 @@ This is also the legacy ``comfy.sample`` (``prepare_noise``, ``sample``, ``sampl
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
-from comfy.execution_context import throw_exception_if_processing_interrupted
-from comfy.progress import ProgressBar
+from comfyui_core_nodes.preview import prepare_callback
 from comfyui_samplers import samplers
 from comfyui_samplers.noise import prepare_noise
 
 __all__ = ["prepare_noise", "fix_empty_latent_channels", "sample", "sample_custom", "prepare_callback",
            "common_ksampler"]
-
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
 
 def fix_empty_latent_channels(model: Any, latent_image: torch.Tensor) -> torch.Tensor:
@@ -55,31 +52,6 @@ def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent
                               model_options=model.model_options, latent_image=latent_image, denoise_mask=noise_mask,
                               callback=callback, disable_pbar=disable_pbar, seed=seed)
     return samples.to(_intermediate_device())
-
-
-def _previewer(model: Any) -> Any:
-    """The latent previewer the ``--preview-method`` option asks for, or None for no previews."""
-    from comfyui_core_nodes import preview
-
-    return preview.get_previewer(model.load_device, model.model.latent_format)
-
-
-def prepare_callback(model: Any, steps: int, x0_output_dict: Optional[dict] = None) -> StepCallback:
-    """A per-step callback: progress events with a preview of the current prediction, and interrupts.
-
-    With ``x0_output_dict`` the latest denoised prediction is kept in it under ``"x0"``.
-    """
-    previewer = _previewer(model)
-    progress = ProgressBar(steps)
-
-    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
-        if x0_output_dict is not None:
-            x0_output_dict["x0"] = x0
-        preview_image = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-        progress.update_absolute(step + 1, total_steps, preview_image)
-        throw_exception_if_processing_interrupted()
-
-    return callback
 
 
 def common_ksampler(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
