@@ -91,22 +91,28 @@ def get_ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return sigma_down, sigma_up
 
 
-def _churn(sigmas: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float):
-    """Karras et al.'s stochastic churn: the raised noise level and the factor it was raised by."""
-    gamma = 0.0
-    if s_churn > 0 and s_tmin <= sigmas[i] <= s_tmax:
-        gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1)
-    return sigmas[i] * (gamma + 1), gamma
-
-
-def _add_churn_noise(x: torch.Tensor, sigma: torch.Tensor, sigma_hat: torch.Tensor, s_noise: float) -> torch.Tensor:
-    # Global generator, as ComfyUI: churn is off by default so seeds stay reproducible.
-    return x + torch.randn_like(x) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
-
-
 def _report(callback: Callback, x, i, sigma, sigma_hat, denoised) -> None:
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+
+
+def _churn_and_predict(model, x, sigmas, i, s_in, extra_args, callback, s_churn, s_tmin, s_tmax, s_noise):
+    """Step ``i`` of the Karras samplers: stochastic churn, then the prediction at the raised level.
+
+    Returns ``x`` (noised up to ``sigma_hat`` where churn applies), ``sigma_hat`` and the
+    probability-flow derivative there; the step's prediction is reported to ``callback``.
+    """
+    gamma = 0.0
+    if s_churn > 0 and s_tmin <= sigmas[i] <= s_tmax:
+        gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1)
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        # Global generator, as ComfyUI: churn is off by default so seeds stay reproducible.
+        x = x + torch.randn_like(x) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+    denoised = model(x, sigma_hat * s_in, **extra_args)
+    d = to_d(x, sigma_hat, denoised)
+    _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+    return x, sigma_hat, d
 
 
 def _extra(extra_args: Optional[dict]) -> dict:
@@ -280,12 +286,8 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     extra_args = _extra(extra_args)
     s_in = x.new_ones([x.shape[0]])
     for i in trange(len(sigmas) - 1, disable=disable):
-        sigma_hat, gamma = _churn(sigmas, i, s_churn, s_tmin, s_tmax)
-        if gamma > 0:
-            x = _add_churn_noise(x, sigmas[i], sigma_hat, s_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churn_and_predict(model, x, sigmas, i, s_in, extra_args, callback, s_churn, s_tmin,
+                                             s_tmax, s_noise)
         x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -345,12 +347,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
     extra_args = _extra(extra_args)
     s_in = x.new_ones([x.shape[0]])
     for i in trange(len(sigmas) - 1, disable=disable):
-        sigma_hat, gamma = _churn(sigmas, i, s_churn, s_tmin, s_tmax)
-        if gamma > 0:
-            x = _add_churn_noise(x, sigmas[i], sigma_hat, s_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churn_and_predict(model, x, sigmas, i, s_in, extra_args, callback, s_churn, s_tmin,
+                                             s_tmax, s_noise)
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
@@ -369,12 +367,8 @@ def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=Non
     s_in = x.new_ones([x.shape[0]])
     s_end = sigmas[-1]
     for i in trange(len(sigmas) - 1, disable=disable):
-        sigma_hat, gamma = _churn(sigmas, i, s_churn, s_tmin, s_tmax)
-        if gamma > 0:
-            x = _add_churn_noise(x, sigmas[i], sigma_hat, s_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churn_and_predict(model, x, sigmas, i, s_in, extra_args, callback, s_churn, s_tmin,
+                                             s_tmax, s_noise)
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == s_end:
             x = x + d * dt
@@ -402,12 +396,8 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     extra_args = _extra(extra_args)
     s_in = x.new_ones([x.shape[0]])
     for i in trange(len(sigmas) - 1, disable=disable):
-        sigma_hat, gamma = _churn(sigmas, i, s_churn, s_tmin, s_tmax)
-        if gamma > 0:
-            x = _add_churn_noise(x, sigmas[i], sigma_hat, s_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churn_and_predict(model, x, sigmas, i, s_in, extra_args, callback, s_churn, s_tmin,
+                                             s_tmax, s_noise)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
             continue
@@ -820,6 +810,25 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
+def _sde_first_order_step(x, denoised, sigma, sigma_next, model_sampling, eta):
+    """DPM-Solver++ SDE's first-order update in half log-SNR time, with h, h * (eta + 1) and alpha_t."""
+    lambda_s = sigma_to_half_log_snr(sigma, model_sampling)
+    lambda_t = sigma_to_half_log_snr(sigma_next, model_sampling)
+    h = lambda_t - lambda_s
+    h_eta = h * (eta + 1)
+    alpha_t = sigma_next * lambda_t.exp()
+    x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+    return x, h, h_eta, alpha_t
+
+
+def _sde_step_noise(x, noise_sampler, sigma, sigma_next, h, eta, s_noise):
+    """The fresh noise a DPM-Solver++ SDE step of length ``h`` adds at ``sigma_next``."""
+    if eta > 0 and s_noise > 0:
+        noise = noise_sampler(sigma, sigma_next)
+        x = x + noise * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+    return x
+
+
 def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type):
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
@@ -833,21 +842,14 @@ def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s = sigma_to_half_log_snr(sigmas[i], model_sampling)
-            lambda_t = sigma_to_half_log_snr(sigmas[i + 1], model_sampling)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, denoised, sigmas[i], sigmas[i + 1], model_sampling, eta)
             if previous is not None:
                 r = h_last / h
                 if solver_type == "heun":
                     x = x + alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - previous)
                 else:
                     x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - previous)
-            if eta > 0 and s_noise > 0:
-                noise = noise_sampler(sigmas[i], sigmas[i + 1])
-                x = x + noise * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+            x = _sde_step_noise(x, noise_sampler, sigmas[i], sigmas[i + 1], h, eta, s_noise)
             h_last = h
         previous = denoised
     return x
@@ -882,12 +884,7 @@ def _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s = sigma_to_half_log_snr(sigmas[i], model_sampling)
-            lambda_t = sigma_to_half_log_snr(sigmas[i + 1], model_sampling)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_first_order_step(x, denoised, sigmas[i], sigmas[i + 1], model_sampling, eta)
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -899,9 +896,7 @@ def _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
                 x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
             elif h_1 is not None:
                 x = x + (alpha_t * phi_2) * ((denoised - denoised_1) / (h_1 / h))
-            if eta > 0 and s_noise > 0:
-                noise = noise_sampler(sigmas[i], sigmas[i + 1])
-                x = x + noise * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+            x = _sde_step_noise(x, noise_sampler, sigmas[i], sigmas[i + 1], h, eta, s_noise)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
@@ -981,9 +976,11 @@ def _push_history(history: list, value: torch.Tensor, keep: int) -> None:
     del history[:max(0, len(history) - keep)]
 
 
-@torch.no_grad()
-def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
-    """Improved pseudo linear multistep (Zhang & Chen 2022) with fixed Adams-Bashforth weights."""
+# How an iPNDM step blends the new derivative ``d`` with ``history`` (older derivatives, oldest first).
+_MultistepCombination = Callable[[torch.Tensor, int, int, torch.Tensor, list[torch.Tensor]], torch.Tensor]
+
+
+def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order: int, combination: _MultistepCombination):
     extra_args = _extra(extra_args)
     s_in = x.new_ones([x.shape[0]])
     history: list[torch.Tensor] = []  # previous derivatives, oldest first
@@ -998,13 +995,14 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
         elif order == 1:
             x_next = x + (sigma_next - sigma) * d
         else:
-            x_next = x + (sigma_next - sigma) * _ipndm_combination(order, d, history)
+            x_next = x + (sigma_next - sigma) * combination(sigmas, i, order, d, history)
         _push_history(history, d, max_order - 1)
         x = x_next
     return x
 
 
-def _ipndm_combination(order: int, d: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
+def _ipndm_combination(sigmas: torch.Tensor, i: int, order: int, d: torch.Tensor,
+                       history: list[torch.Tensor]) -> torch.Tensor:
     # Integer numerators over a common denominator, as the published weights are written.
     if order == 2:
         return (3 * d - history[-1]) / 2
@@ -1013,31 +1011,25 @@ def _ipndm_combination(order: int, d: torch.Tensor, history: list[torch.Tensor])
     return (55 * d - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
 
 
+def _ipndm_v_combination(sigmas: torch.Tensor, i: int, order: int, d: torch.Tensor,
+                         history: list[torch.Tensor]) -> torch.Tensor:
+    weights = solver_coefficients.ipndm_v_weights(sigmas, i, order)
+    combination = weights[0] * d
+    for weight, previous in zip(weights[1:], reversed(history)):
+        combination = combination + weight * previous
+    return combination
+
+
+@torch.no_grad()
+def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    """Improved pseudo linear multistep (Zhang & Chen 2022) with fixed Adams-Bashforth weights."""
+    return _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, _ipndm_combination)
+
+
 @torch.no_grad()
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
     """iPNDM with variable step sizes: the multistep weights follow the actual sigma spacing."""
-    extra_args = _extra(extra_args)
-    s_in = x.new_ones([x.shape[0]])
-    history: list[torch.Tensor] = []
-    for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        _report(callback, x, i, sigma, sigma, denoised)
-        d = (x - denoised) / sigma
-        order = min(max_order, i + 1)
-        if sigma_next == 0:
-            x_next = denoised
-        elif order == 1:
-            x_next = x + (sigma_next - sigma) * d
-        else:
-            weights = solver_coefficients.ipndm_v_weights(sigmas, i, order)
-            combination = weights[0] * d
-            for weight, previous in zip(weights[1:], reversed(history)):
-                combination = combination + weight * previous
-            x_next = x + (sigma_next - sigma) * combination
-        _push_history(history, d.detach(), max_order - 1)
-        x = x_next
-    return x
+    return _ipndm(model, x, sigmas, extra_args, callback, disable, max_order, _ipndm_v_combination)
 
 
 @torch.no_grad()
