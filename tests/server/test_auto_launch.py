@@ -56,9 +56,7 @@ def test_auto_launch_opens_the_frontend_in_the_browser(comfyui_process, browser,
     (["--disable-auto-launch"], {}),
     ([], {}),
     (["--disable-auto-launch"], {"COMFYUI_AUTO_LAUNCH": "true"}),
-    pytest.param(["--auto-launch", "--disable-auto-launch"], {}, marks=pytest.mark.xfail(
-        strict=True, reason="the fork accepts both options, --disable-auto-launch winning; comfyui_server.options "
-                            "puts them in a mutually exclusive group, so the command line is refused")),
+    (["--auto-launch", "--disable-auto-launch"], {}),
 ], ids=["disabled", "default", "disable overrides the environment", "disable overrides the option"])
 def test_no_browser_by_default_or_when_disabled(comfyui_process, browser, monkeypatch, options, environment):
     for name, value in environment.items():

@@ -35,9 +35,10 @@ def add_options(parser: Any) -> None:
                        help="Frontend to serve, as owner/repo@version. The installed comfyui-frontend-package "
                             "is used when it matches; other versions must already be unpacked under "
                             "web_custom_versions/owner_repo/version, since this server downloads nothing.")
-    launch = group.add_mutually_exclusive_group()
-    launch.add_argument("--auto-launch", action="store_true", help="Open the frontend in the default browser.")
-    launch.add_argument("--disable-auto-launch", action="store_true", help="Never open a browser.")
+    # Not exclusive, as in ComfyUI: a command line may add --disable-auto-launch to a config that launches.
+    group.add_argument("--auto-launch", action="store_true", help="Open the frontend in the default browser.")
+    group.add_argument("--disable-auto-launch", action="store_true",
+                       help="Never open a browser, even with --auto-launch.")
     group.add_argument("--dont-print-server", action="store_true",
                        help="Don't print the address the server listens on.")
     group.add_argument("--max-queue-size", type=int, default=DEFAULT_MAX_QUEUE_SIZE,
