@@ -394,3 +394,15 @@ def test_prompt_finished_signal_comes_after_history_is_written(transport, prompt
     transport.add_listener(listener)
     submit(transport, prompt, f"finished-{prompt_kind}").result(TIMEOUT)
     assert seen_in_history == [True]
+
+
+def test_take_a_chosen_pending_prompt_and_wipe_reports_ids():
+    queue = PromptQueue()
+    for prompt_id in "abc":
+        put(queue, prompt_id)
+    assert queue.take("b").prompt_id == "b"
+    assert queue.take("b") is None and queue.take("zzz") is None
+    running, pending = queue.get_current_queue()
+    assert [item[1] for item in running] == ["b"] and [item[1] for item in pending] == ["a", "c"]
+    assert sorted(queue.wipe_queue()) == ["a", "c"]
+    assert queue.get_current_queue()[1] == []

@@ -113,6 +113,20 @@ class PromptQueue:
         self._changed()
         return item
 
+    def take(self, prompt_id: str) -> Optional[QueueItem]:
+        """Mark one chosen pending prompt running (a remote worker began it); None if it is not pending."""
+        with self._lock:
+            for index, item in enumerate(self._pending):
+                if item.prompt_id == prompt_id:
+                    break
+            else:
+                return None
+            self._pending.pop(index)
+            heapq.heapify(self._pending)
+            self._running[prompt_id] = item
+        self._changed()
+        return item
+
     def task_done(self, item: QueueItem, outputs: dict[str, Any], status: HistoryStatus,
                   meta: Optional[dict[str, Any]] = None, on_recorded: Optional[Callable[[], None]] = None) -> None:
         """Record a finished prompt in history; ``on_recorded`` runs after that, before change callbacks."""
@@ -154,10 +168,13 @@ class PromptQueue:
         self._changed()
         return True
 
-    def wipe_queue(self) -> None:
+    def wipe_queue(self) -> list[str]:
+        """Remove every pending prompt; their ids."""
         with self._lock:
+            removed = [item.prompt_id for item in self._pending]
             self._pending.clear()
         self._changed()
+        return removed
 
     def get_history(self, prompt_id: Optional[str] = None, max_items: Optional[int] = None,
                     offset: int = -1) -> dict[str, HistoryEntry]:

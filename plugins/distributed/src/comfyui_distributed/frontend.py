@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import logging
 import threading
 import uuid
@@ -53,18 +52,7 @@ class FrontendQueue(PromptQueue):
 
     def start(self, prompt_id: str) -> bool:
         """Move a pending prompt to running (a worker began it); False when it is not pending."""
-        # PromptQueue has no public "take this one"; this does what its get() does, for one chosen item.
-        with self._lock:
-            for index, item in enumerate(self._pending):
-                if item.prompt_id == prompt_id:
-                    break
-            else:
-                return False
-            self._pending.pop(index)
-            heapq.heapify(self._pending)
-            self._running[prompt_id] = item
-        self._changed()
-        return True
+        return self.take(prompt_id) is not None
 
     def delete_queue_item(self, prompt_id: str) -> bool:
         removed = super().delete_queue_item(prompt_id)
@@ -72,13 +60,11 @@ class FrontendQueue(PromptQueue):
             self._on_removed([prompt_id])
         return removed
 
-    def wipe_queue(self) -> None:
-        with self._lock:
-            removed = [item.prompt_id for item in self._pending]
-            self._pending.clear()
-        self._changed()
+    def wipe_queue(self) -> list[str]:
+        removed = super().wipe_queue()
         if removed:
             self._on_removed(removed)
+        return removed
 
 
 @dataclass(eq=False)
