@@ -443,8 +443,7 @@ def linear_multistep_coeff(order: int, t, i: int, j: int) -> float:
     """Integral over [t[i], t[i+1]] of the Lagrange basis polynomial of node ``i - j``."""
     if order - 1 > i:
         raise ValueError(f"Order {order} too high for step {i}")
-    return solver_coefficients.lagrange_basis_integral([float(t[i - k]) for k in range(order)], j,
-                                                       float(t[i]), float(t[i + 1]))
+    return solver_coefficients.lagrange_basis_integral([t[i - k] for k in range(order)], j, t[i], t[i + 1])
 
 
 @torch.no_grad()
@@ -976,8 +975,9 @@ def _push_history(history: list, value: torch.Tensor, keep: int) -> None:
     del history[:max(0, len(history) - keep)]
 
 
-# How an iPNDM step blends the new derivative ``d`` with ``history`` (older derivatives, oldest first).
-_MultistepCombination = Callable[[torch.Tensor, int, int, torch.Tensor, list[torch.Tensor]], torch.Tensor]
+# An iPNDM step's increment over ``step`` from the new derivative ``d`` and ``history`` (older ones, oldest first).
+_MultistepCombination = Callable[[torch.Tensor, int, int, torch.Tensor, list[torch.Tensor], torch.Tensor],
+                                 torch.Tensor]
 
 
 def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order: int, combination: _MultistepCombination):
@@ -995,29 +995,30 @@ def _ipndm(model, x, sigmas, extra_args, callback, disable, max_order: int, comb
         elif order == 1:
             x_next = x + (sigma_next - sigma) * d
         else:
-            x_next = x + (sigma_next - sigma) * combination(sigmas, i, order, d, history)
+            x_next = x + combination(sigmas, i, order, d, history, sigma_next - sigma)
         _push_history(history, d, max_order - 1)
         x = x_next
     return x
 
 
 def _ipndm_combination(sigmas: torch.Tensor, i: int, order: int, d: torch.Tensor,
-                       history: list[torch.Tensor]) -> torch.Tensor:
-    # Integer numerators over a common denominator, as the published weights are written.
+                       history: list[torch.Tensor], step: torch.Tensor) -> torch.Tensor:
+    # Integer numerators over a common denominator, as the published weights are written; the step
+    # multiplies the numerator before the division, the rounding order ComfyUI's results have.
     if order == 2:
-        return (3 * d - history[-1]) / 2
+        return step * (3 * d - history[-1]) / 2
     if order == 3:
-        return (23 * d - 16 * history[-1] + 5 * history[-2]) / 12
-    return (55 * d - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        return step * (23 * d - 16 * history[-1] + 5 * history[-2]) / 12
+    return step * (55 * d - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
 
 
 def _ipndm_v_combination(sigmas: torch.Tensor, i: int, order: int, d: torch.Tensor,
-                         history: list[torch.Tensor]) -> torch.Tensor:
+                         history: list[torch.Tensor], step: torch.Tensor) -> torch.Tensor:
     weights = solver_coefficients.ipndm_v_weights(sigmas, i, order)
     combination = weights[0] * d
     for weight, previous in zip(weights[1:], reversed(history)):
         combination = combination + weight * previous
-    return combination
+    return step * combination
 
 
 @torch.no_grad()
@@ -1109,10 +1110,12 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
             t, t_next = _log_time(sigmas[i]), _log_time(sigma_down)
             h = t_next - t
             s = t + 0.5 * h
-            shifted = x + (denoised - uncond())
-            x_2 = (_sigma_of_log_time(s) / _sigma_of_log_time(t)) * shifted - (-h * 0.5).expm1() * denoised
+            x_2 = ((_sigma_of_log_time(s) / _sigma_of_log_time(t)) * (x + (denoised - uncond()))
+                   - (-h * 0.5).expm1() * denoised)
             denoised_2 = model(x_2, _sigma_of_log_time(s) * s_in, **extra_args)
-            x = (_sigma_of_log_time(t_next) / _sigma_of_log_time(t)) * shifted - (-h).expm1() * denoised_2
+            # ComfyUI shifts the full step by the unconditional prediction of the midpoint call, not the first.
+            x = ((_sigma_of_log_time(t_next) / _sigma_of_log_time(t)) * (x + (denoised - uncond()))
+                 - (-h).expm1() * denoised_2)
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x

@@ -1,23 +1,29 @@
 """Step coefficients of the multistep samplers: LMS, iPNDM-v, DEIS and SA-Solver."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Union
 
-import numpy as np
 import torch
 
 
 def lagrange_basis_integral(nodes: Sequence[float], j: int, start: float, end: float) -> float:
     """Integral over [start, end] of the Lagrange polynomial that is 1 at ``nodes[j]``, 0 at the others.
 
-    The polynomial has degree ``len(nodes) - 1``, so integrating its coefficients in float64 is
-    exact up to rounding (what an adaptive quadrature converges to).
+    Integrated as ComfyUI integrates it, to its last digit: SciPy's adaptive quadrature (relative
+    tolerance 1e-4) of the basis polynomial evaluated in the nodes' own type, so float32 sigmas keep
+    the integrand in float32 under NumPy 2's promotion rules.
     """
-    others = [node for k, node in enumerate(nodes) if k != j]
-    polynomial = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
-    polynomial = polynomial / float(np.prod([nodes[j] - node for node in others]))
-    antiderivative = polynomial.integ()
-    return float(antiderivative(end) - antiderivative(start))
+    from scipy import integrate
+
+    def basis(tau: float) -> float:
+        value = 1.0
+        for k, node in enumerate(nodes):
+            if k != j:
+                value *= (tau - node) / (nodes[j] - node)
+        return value
+
+    return integrate.quad(basis, start, end, epsrel=1e-4)[0]
 
 
 def ipndm_v_weights(sigmas: torch.Tensor, i: int, order: int) -> list[torch.Tensor]:
@@ -50,11 +56,16 @@ def ipndm_v_weights(sigmas: torch.Tensor, i: int, order: int) -> list[torch.Tens
 
 # --- DEIS -----------------------------------------------------------------------------------
 
-def _edm_to_vp_time(sigmas: torch.Tensor, epsilon_s: float = 1e-3, sigma_min: float = 0.002, sigma_max: float = 80.0):
-    """Map EDM sigmas to the time of a VP SDE spanning [sigma_min, sigma_max] (the DEIS reference)."""
-    sigma_min_t, sigma_max_t = torch.tensor(sigma_min), torch.tensor(sigma_max)
-    log_min = torch.log(sigma_min_t ** 2 + 1)
-    log_max = torch.log(sigma_max_t ** 2 + 1)
+def _edm_to_vp_time(sigmas: torch.Tensor, epsilon_s: float = 1e-3, sigma_min: float = 0.002, sigma_max: int = 80):
+    """Map EDM sigmas to the time of a VP SDE spanning [sigma_min, sigma_max] (the DEIS reference).
+
+    The constants round as ComfyUI's do: log(sigma_min^2 + 1) by NumPy in float32, log(sigma_max^2 + 1)
+    of the integer 80 in float64, and so the betas in float64.
+    """
+    import numpy as np
+
+    log_min = torch.as_tensor(np.log((torch.tensor(sigma_min) ** 2 + 1).numpy()))
+    log_max = torch.as_tensor(np.log((torch.tensor(sigma_max) ** 2 + 1).numpy()))
     beta_d = 2 * (log_min / epsilon_s - log_max) / (epsilon_s - 1)
     beta_min = log_max - 0.5 * beta_d
     sigmas = sigmas.detach().cpu()
@@ -63,17 +74,22 @@ def _edm_to_vp_time(sigmas: torch.Tensor, epsilon_s: float = 1e-3, sigma_min: fl
 
 
 def _deis_integrand(beta_0: torch.Tensor, beta_1: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
-    """-1/2 d log(alpha)/dtau / sqrt(alpha (1 - alpha)) for log alpha = -tau^2 (b1-b0)/2 - tau b0."""
-    alpha = torch.exp(-0.5 * taus ** 2 * (beta_1 - beta_0) - taus * beta_0)
-    d_log_alpha = -(taus * (beta_1 - beta_0) + beta_0)
-    return -0.5 * d_log_alpha / torch.sqrt(alpha * (1 - alpha))
+    """-1/2 d log(alpha)/dtau / sqrt(alpha (1 - alpha)) for log alpha = -tau^2 (b1-b0)/2 - tau b0.
+
+    The derivative comes from autograd through log(alpha), whose rounding ComfyUI's coefficients carry.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        taus = taus.clone().requires_grad_(True)
+        alpha = torch.exp(-0.5 * taus ** 2 * (beta_1 - beta_0) - taus * beta_0)
+        (d_log_alpha,) = torch.autograd.grad(alpha.log().sum(), taus)
+    return -0.5 * d_log_alpha / torch.sqrt(alpha.detach() * (1 - alpha.detach()))
 
 
 def _lagrange_at(nodes: torch.Tensor, j: int, taus: torch.Tensor) -> torch.Tensor:
     value = torch.ones_like(taus)
     for k in range(nodes.shape[0]):
         if k != j:
-            value = value * (taus - nodes[k]) / (nodes[j] - nodes[k])
+            value = value * ((taus - nodes[k]) / (nodes[j] - nodes[k]))
     return value
 
 
@@ -138,17 +154,20 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int, samples: int = 10000
 def _exponential_moments(s: torch.Tensor, t: torch.Tensor, count: int, tau: float) -> torch.Tensor:
     """E_p = a * integral_s^t exp(a (x - t)) x^p dx for p < count, with a = 1 + tau^2.
 
-    Integration by parts gives E_p = t^p - s^p exp(-a h) - (p / a) E_{p-1}.
+    Integration by parts unrolls to E_p = sum over q <= p of (-1)^(p-q) p!/q! a^(q-p) (t^q - s^q exp(-a h)).
+    The weights come from log-factorials and apply as one lower-triangular matrix product, which
+    rounds as ComfyUI's SA-Solver coefficients do.
     """
     a = 1 + tau ** 2
-    decay = (-a * (t - s)).exp()
-    moments = []
-    previous = None
-    for p in range(count):
-        boundary = t ** p - s ** p * decay
-        previous = boundary if previous is None else boundary - (p / a) * previous
-        moments.append(previous)
-    return torch.stack(moments)
+    powers = torch.arange(count, dtype=s.dtype, device=s.device)
+    boundary = t ** powers - s ** powers * (-a * (t - s)).exp()
+    depth = powers.unsqueeze(1) - powers.unsqueeze(0)
+    log_factorials = (powers + 1).lgamma()
+    log_weights = log_factorials.unsqueeze(1) - log_factorials.unsqueeze(0)
+    if tau > 0:
+        log_weights = log_weights - depth * math.log(a)
+    signs = torch.where(depth % 2 == 0, 1.0, -1.0)
+    return (log_weights.exp() * signs).tril() @ boundary
 
 
 def sa_solver_b_coefficients(sigma_next: torch.Tensor, lambdas: torch.Tensor, lambda_s: torch.Tensor,
