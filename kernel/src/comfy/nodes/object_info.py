@@ -4,14 +4,16 @@ The shape is ComfyUI's, key for key, for classic nodes and for schema (``io.Comf
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import marshal
+from enum import Enum
 from typing import Any, Callable, Iterator, Optional, TypedDict, TypeVar
 
 from typing_extensions import NotRequired
 
 from comfy.nodes.registry import NodeRegistry
-from comfy_api.latest.io import ComfyNode, node_info_v1
+from comfy_api.latest.io import ComfyNode, Hidden, Schema, schema_info_v1
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,9 @@ class NodeInfo(TypedDict):
 
 
 # What one node type's entry is made from, read fresh: ("classic", INPUT_TYPES(), display name, module,
-# RETURN_TYPES, then _OPTIONAL_ATTRIBUTES with ... for an absent one) or ("schema", the finished entry).
-# Plain tuples of plain values, so that ``declaration_key`` can fingerprint them with marshal.
+# RETURN_TYPES, then _OPTIONAL_ATTRIBUTES with ... for an absent one) or ("schema", name, module, registered display
+# name, the schema as the node returned it). ``declaration_key`` fingerprints classic ones with marshal, and a schema
+# by its objects' classes and attribute values, so an unchanged schema costs no conversion to the classic shape.
 Declaration = tuple
 
 _OPTIONAL_ATTRIBUTES = ("INPUT_IS_LIST", "OUTPUT_IS_LIST", "RETURN_NAMES", "DESCRIPTION", "CATEGORY", "OUTPUT_NODE",
@@ -54,6 +57,10 @@ _OPTIONAL_ATTRIBUTES = ("INPUT_IS_LIST", "OUTPUT_IS_LIST", "RETURN_NAMES", "DESC
 # Version 2 writes every value in full (no back-references, no interning flags), so that equal values always
 # give equal keys whatever their reference counts.
 _MARSHAL_VERSION = 2
+# Version 4 skips an encoding step per string, a third of a schema fingerprint's cost; it marks objects shared
+# (reference count above one) and refers back to them, so equal schemas may give unequal keys and miss the cache,
+# but equal keys still always mean equal values. Schemas are fresh objects, so misses are rare.
+_SCHEMA_MARSHAL_VERSION = 4
 # Classic flags ComfyUI only writes when they are set.
 _FLAGS = (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"), ("DEV_ONLY", "dev_only"))
 
@@ -63,11 +70,10 @@ def declare(name: str, node_class: type, registry: NodeRegistry) -> Declaration:
     list model folders, so it is read again for every ``/object_info``."""
     python_module = registry.modules.get(name) or "nodes"
     if issubclass(node_class, ComfyNode):
-        info = node_info_v1(node_class, python_module)
-        info["name"] = name
-        if info["display_name"] is None:
-            info["display_name"] = registry.display_names.get(name)
-        return "schema", info
+        # GET_SCHEMA finalizes and validates too; ``info_from`` does that, on a cache miss only.
+        own_schema = node_class.GET_SCHEMA.__func__ is ComfyNode.GET_SCHEMA.__func__
+        schema = node_class.define_schema() if own_schema else node_class.GET_SCHEMA()
+        return "schema", name, python_module, registry.display_names.get(name), schema
     return ("classic", node_class.INPUT_TYPES(), registry.display_names.get(name, name), python_module,
             node_class.RETURN_TYPES, *[getattr(node_class, attribute, ...) for attribute in _OPTIONAL_ATTRIBUTES])
 
@@ -75,7 +81,12 @@ def declare(name: str, node_class: type, registry: NodeRegistry) -> Declaration:
 def info_from(name: str, declaration: Declaration) -> NodeInfo:
     """The ``/object_info`` entry made from a ``declare`` result."""
     if declaration[0] == "schema":
-        return declaration[1]
+        _kind, _name, python_module, display_name, schema = declaration
+        info = schema_info_v1(schema, python_module)
+        info["name"] = name
+        if info["display_name"] is None:
+            info["display_name"] = display_name
+        return info
     _kind, declared, display_name, python_module, return_types, *values = declaration
     optional = dict(zip(_OPTIONAL_ATTRIBUTES, values))
     # ComfyUI writes an output typed by an empty choice list as "*" (any type).
@@ -115,10 +126,69 @@ def declaration_key(declaration: Declaration) -> Optional[bytes]:
     """Bytes that are equal for two declarations only when their entries encode to the same JSON (types, values
     and key order count), for caching the encoding; None when a value is not a plain one (a str or dict subclass,
     an object), and then the entry must be encoded afresh."""
+    if declaration[0] == "schema":
+        return _schema_key(declaration)
     try:
         return marshal.dumps(declaration, _MARSHAL_VERSION)
     except ValueError:
         return None
+
+
+def _schema_key(declaration: Declaration) -> Optional[bytes]:
+    """A schema's fingerprint, taken before ``info_from`` finalizes it. The entry is a function of the schema's
+    fields and of each input's and output's class and instance attributes, so those are what is fingerprinted
+    (a class by a token never reused; its class attributes, such as ``io_type``, are taken as fixed)."""
+    schema = declaration[4]
+    if schema.__class__ is not Schema:
+        return None  # a subclass may convert differently
+    fields = dict(schema.__dict__)
+    try:
+        fields["inputs"] = [(_class_token(item.__class__), item.__dict__) for item in fields["inputs"] or ()]
+        fields["outputs"] = [(_class_token(item.__class__), item.__dict__) for item in fields["outputs"] or ()]
+        # Hidden.prompt and "PROMPT" finalize to the same member.
+        fields["hidden"] = [value._value_ if value.__class__ is Hidden else value for value in fields["hidden"] or ()]
+    except (AttributeError, TypeError):
+        return None  # an object without attributes of its own, or a class that takes no token
+    try:
+        return marshal.dumps((True, declaration[1:4], fields), _SCHEMA_MARSHAL_VERSION)
+    except ValueError:
+        pass  # an Enum or an object among the attributes: the slower, tagged walk below
+    try:
+        return marshal.dumps((False, declaration[1:4], _tagged(schema)), _MARSHAL_VERSION)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _tagged(value: Any) -> Any:
+    """``value`` as marshal-able plain values: every tuple it yields starts with a tag saying what it stands for,
+    so that distinct values (an object, a user's tuple that looks like one) never give equal bytes."""
+    kind = value.__class__
+    if kind in _PLAIN:
+        return value
+    if kind is list:
+        return [_tagged(item) for item in value]
+    if kind is tuple:
+        return (0, *[_tagged(item) for item in value])
+    if kind is dict:
+        return (1, [(_tagged(key), _tagged(item)) for key, item in value.items()])
+    if isinstance(value, Enum):
+        return 2, _class_token(kind), _tagged(value._value_)
+    if isinstance(value, (str, int, float, bytes, list, tuple, dict)) or hasattr(kind, "__slots__"):
+        raise TypeError(f"{kind.__name__} holds state outside its attribute dict")
+    return 3, _class_token(kind), _tagged(value.__dict__)
+
+
+_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))
+_TOKENS = itertools.count()
+
+
+def _class_token(kind: type) -> int:
+    """A number for ``kind``, kept on the class itself so that a class created later never gets it."""
+    token = kind.__dict__.get("_comfy_object_info_token")
+    if token is None:
+        token = next(_TOKENS)
+        setattr(kind, "_comfy_object_info_token", token)  # TypeError for built-in types: no fingerprint then
+    return token
 
 
 def node_info(name: str, node_class: type, registry: NodeRegistry) -> NodeInfo:

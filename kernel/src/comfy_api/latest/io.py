@@ -726,7 +726,13 @@ def _classic_result(cls: type[ComfyNode], returned: Any) -> dict[str, Any]:
 
 def node_info_v1(cls: type[ComfyNode], python_module: Optional[str] = None) -> dict[str, Any]:
     """The node's ``/object_info`` entry, as ComfyUI gives it for schema nodes."""
-    schema = cls.GET_SCHEMA()
+    return schema_info_v1(cls.GET_SCHEMA(), python_module or cls.RELATIVE_PYTHON_MODULE or "nodes")
+
+
+def schema_info_v1(schema: Schema, python_module: str) -> dict[str, Any]:
+    """The ``/object_info`` entry of a node with this schema (finalized and validated here, in place)."""
+    schema.finalize()
+    schema.validate()
     declared = _v1_inputs(schema.inputs)
     if schema.hidden:
         declared["hidden"] = dict(_HIDDEN_V1_SPEC[hidden] for hidden in schema.hidden)
@@ -743,7 +749,7 @@ def node_info_v1(cls: type[ComfyNode], python_module: Optional[str] = None) -> d
         "name": schema.node_id,
         "display_name": schema.display_name,
         "description": schema.description,
-        "python_module": python_module or cls.RELATIVE_PYTHON_MODULE or "nodes",
+        "python_module": python_module,
         "category": schema.category,
         "output_node": schema.is_output_node,
         "deprecated": schema.is_deprecated,
@@ -765,5 +771,5 @@ __all__ = [
     "Guider", "Audio", "Video", "SVG", "LoraModel", "LossMap", "Voxel", "Mesh", "Hooks", "HookKeyframes",
     "TimestepsRange", "LatentOperation", "ModelPatch", "AudioEncoder", "AudioEncoderOutput", "Photomaker",
     "AnyType",
-    "Hidden", "HiddenHolder", "Schema", "ComfyNode", "NodeOutput", "node_info_v1",
+    "Hidden", "HiddenHolder", "Schema", "ComfyNode", "NodeOutput", "node_info_v1", "schema_info_v1",
 ]
