@@ -180,15 +180,25 @@ def _sub_quad(query: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor, que
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
 
+def _transposed_key(k: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
+    """Keys as (batch * heads, dim_head, tokens), laid out as ComfyUI's reshapes leave them, since BLAS picks
+    its kernel by layout: a contiguous copy when heads are split out of the channels, a transposed view
+    when there is a single head or the heads come split already (``skip_reshape``)."""
+    if skip_reshape:
+        b, _, _, dim_head = k.shape
+        return k.reshape(b * heads, -1, dim_head).movedim(1, 2)
+    b, _, inner = k.shape
+    return k.reshape(b, -1, heads, inner // heads).permute(0, 2, 3, 1).reshape(b * heads, inner // heads, -1)
+
+
 def attention_sub_quad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                        mask: Optional[torch.Tensor] = None, attn_precision: Optional[torch.dtype] = None,
                        skip_reshape: bool = False, skip_output_reshape: bool = False, **kwargs: Any) -> torch.Tensor:
     """Sub-quadratic attention (Rabe & Staats), chunked to the free memory."""
     attn_precision = attention_precision(attn_precision, q.dtype)
     dtype = q.dtype
-    q, k, v, b, dim_head = _to_batch_heads(q, k, v, heads, skip_reshape)
-    # A contiguous transposed key, as ComfyUI lays it out: BLAS picks its kernel by layout.
-    key_t = k.transpose(1, 2).contiguous()
+    key_t = _transposed_key(k, heads, skip_reshape)
+    q, _, v, b, dim_head = _to_batch_heads(q, k, v, heads, skip_reshape)
     upcast = attn_precision == torch.float32 and dtype != torch.float32
     bytes_per_token = 4 if upcast else torch.finfo(dtype).bits // 8
     batch_x_heads, _, k_tokens = q.shape[0], q.shape[1], key_t.shape[2]

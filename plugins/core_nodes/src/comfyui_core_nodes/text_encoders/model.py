@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import attention, ops
 
 VOCAB_SIZE = 49408
 CONTEXT_LENGTH = 77
@@ -76,16 +76,11 @@ class SelfAttention(nn.Module):
         self.v_proj = CastLinear(width, width, device=device, dtype=dtype)
         self.out_proj = CastLinear(width, width, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        head_width = width // self.heads
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.heads, head_width).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                             attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        # ComfyUI's choice for small inputs: SDPA where PyTorch attention is on (CUDA, XPU, or asked for),
+        # plain attention elsewhere (CPU, MPS), which is what its prompt embeddings there are made with.
+        attend = attention.optimized_attention_for_device(x.device, mask=mask is not None, small_input=True)
+        return self.out_proj(attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, mask=mask))
 
 
 class MLP(nn.Module):
