@@ -1,22 +1,25 @@
 """Parity with ComfyUI: our schedulers, noise, samplers, tokenizer, text encoders, VAE and whole workflows
 against what ComfyUI's own code computes on the same tiny checkpoints (data/comfyui_reference/).
 
-How the reference data were made (the generator imports GPL code, so it is not part of this repository):
-the hiddenswitch ComfyUI fork (commit in settings.json) was extracted outside the project and its modules
-imported in a separate process with the project's torch (2.13.0, CPU): ``comfy.samplers`` (calculate_sigmas,
-KSampler), ``comfy.sample.prepare_noise``, the custom-sampling nodes, ``comfy.nodes.base_nodes`` (CLIPTextEncode,
-EmptyLatentImage, VAEEncode, KSampler, VAEDecode, CLIPSetLastLayer) and CLIPTextEncodeSDXL, with its real model
-management on the CPU. Its package ``__init__`` (workspace patching), tracing and unused model families were
-replaced by inert stand-ins. ComfyUI detects only full-width families, so tiny twins of its SD15 and SDXL
-classes (unet_config equal to what its detection reads from our tiny UNets) were put first in its model list,
-and its text encoders got the tiny sizes through ``te_model_options``; the VAE came from ``comfy.sd.VAE`` with
-the tiny config. The checkpoints are the ones ``fixtures.checkpoint_state_dict("sd1" / "sdxl")`` builds (their
-SHA-256 is recorded and checked here). Two one-line changes to the fork were needed to run it at all:
+How the reference data were made (the generator imports GPL code, so it is not part of this repository): the
+hiddenswitch ComfyUI fork (commit in settings.json) was extracted outside the project and its modules imported in a
+separate process with the project's torch (2.13.0, CPU): ``comfy.samplers`` (calculate_sigmas, KSampler),
+``comfy.sample.prepare_noise``, the custom-sampling nodes, ``comfy.nodes.base_nodes`` (CLIPTextEncode,
+EmptyLatentImage, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, KSampler, VAEDecode, CLIPSetLastLayer),
+CLIPTextEncodeSDXL and ``comfy.sd.load_lora_for_models`` (LoraLoader's body), with its real model management on the
+CPU. Its package ``__init__`` (workspace patching), tracing and unused model families were replaced by inert stand-
+ins. ComfyUI detects only full-width families, so tiny twins of its SD15 and SDXL classes (unet_config equal to what
+its detection reads from our tiny UNets) were put first in its model list, and its text encoders got the tiny sizes
+through ``te_model_options``; the VAE came from ``comfy.sd.VAE`` with the tiny config. The checkpoints and LoRA are
+the ones ``fixtures.py`` builds (their SHA-256 is recorded and checked here); each workflow loaded its checkpoint
+afresh, because the fork's model clones each keep their own record of the weight patches applied, so a LoRA run
+leaves the LoRA in the base model's weights for the next prompt (upstream ComfyUI, and we, restore them; the
+workflow test runs them in one kernel). Two one-line changes to the fork were needed to run it at all:
 ``sample_sa_solver`` starts ``tau_t``/``noise`` at 0.0 as upstream ComfyUI does (the fork calls
-``torch.float(0.0)``, which raises), and its text encoder accepts the hidden-layer index -2 on the tiny
-2-layer encoders. ``reference.safetensors`` uses upstream ComfyUI's CPU attention (sub-quadratic);
-``reference_sdpa.safetensors`` repeats the workflows with the fork's default, PyTorch SDPA
-(``--use-pytorch-cross-attention``). Images are ComfyUI's 8-bit SaveImage pixels.
+``torch.float(0.0)``, which raises), and its text encoder accepts the hidden-layer index -2 on the tiny 2-layer
+encoders. ``reference.safetensors`` uses upstream ComfyUI's CPU attention (sub-quadratic);
+``reference_sdpa.safetensors`` repeats the workflows with the fork's default, PyTorch SDPA (``--use-pytorch-cross-
+attention``). Images are ComfyUI's 8-bit SaveImage pixels.
 
 Latents are compared like images: both mapped to 8 bits by the affine map taking the reference's minimum
 to 0 and its maximum to 255 (rounded, clipped), then PSNR >= 40 dB; besides, no element may differ by
@@ -90,9 +93,18 @@ def state_dict_digest(sd: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# The files ComfyUI ran on: (builder, where it goes under models/).
+MODEL_FILES = {
+    "sd1": (lambda: fixtures.checkpoint_state_dict("sd1"), "checkpoints/sd1.safetensors"),
+    "sdxl": (lambda: fixtures.checkpoint_state_dict("sdxl"), "checkpoints/sdxl.safetensors"),
+    "sd1_inpaint": (lambda: fixtures.checkpoint_state_dict("sd1", inpaint=True), "checkpoints/sd1_inpaint.safetensors"),
+    "sd1_lora": (lambda: fixtures.lora_state_dict("sd1"), "loras/sd1_lora.safetensors"),
+}
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    """models/checkpoints/{sd1,sdxl}.safetensors, the very weights ComfyUI ran on, and its embedding."""
+    """A base folder whose models/ hold the very weights ComfyUI ran on, its embedding and input image."""
     from safetensors.torch import save_file
 
     base = tmp_path_factory.mktemp("parity")
@@ -100,12 +112,15 @@ def checkpoints(tmp_path_factory) -> Path:
     embeddings.mkdir(parents=True)
     save_file({key: reference()[f"inputs/embedding/{key}"] for key in ("clip_l", "clip_g")},
               str(embeddings / "parity_embed.safetensors"))
-    for family in FAMILIES:
-        sd = fixtures.checkpoint_state_dict(family)
-        if state_dict_digest(sd) != SETTINGS["checkpoint_sha256"][family]:
-            pytest.fail(f"fixtures.checkpoint_state_dict({family!r}) changed since the reference data were made; "
+    for name, (build, place) in MODEL_FILES.items():
+        sd = build()
+        if state_dict_digest(sd) != SETTINGS["checkpoint_sha256"][name]:
+            pytest.fail(f"the tiny {name} weights in fixtures.py changed since the reference data were made; "
                         "regenerate data/comfyui_reference (see this module's docstring)")
-        fixtures.save_state_dict(sd, base / "models" / "checkpoints" / f"{family}.safetensors")
+        fixtures.save_state_dict(sd, base / "models" / place)
+    (base / "input").mkdir()
+    rgba = torch.cat([reference()["inputs/image"][0], reference()["inputs/alpha"][..., None]], dim=-1)
+    Image.fromarray(rgba.numpy(), mode="RGBA").save(base / "input" / "parity.png")
     return base
 
 
@@ -304,6 +319,11 @@ def workflow(case: dict) -> dict:
     clip = ["ckpt", 1]
     prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple",
                        "inputs": {"ckpt_name": f"{case.get('family', 'sd1')}.safetensors"}}}
+    model = ["ckpt", 0]
+    if "lora" in case:
+        prompt["lora"] = {"class_type": "LoraLoader", "inputs": {
+            "model": model, "clip": clip, "lora_name": "sd1_lora.safetensors", **case["lora"]}}
+        model, clip = ["lora", 0], ["lora", 1]
     if "clip_skip" in case:
         prompt["skip"] = {"class_type": "CLIPSetLastLayer",
                           "inputs": {"clip": clip, "stop_at_clip_layer": case["clip_skip"]}}
@@ -314,16 +334,23 @@ def workflow(case: dict) -> dict:
                             "inputs": {**case["sdxl_encode"], "clip": clip, "text_g": text}}
         else:
             prompt[name] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}}
-    if case.get("image"):
-        prompt["load"] = {"class_type": "LoadImage", "inputs": {"image": "parity.png"}}
+    prompt["load"] = {"class_type": "LoadImage", "inputs": {"image": "parity.png"}}
+    if "inpaint" in case:
+        prompt["latent"] = {"class_type": "VAEEncodeForInpaint", "inputs": {
+            "pixels": ["load", 0], "vae": ["ckpt", 2], "mask": ["load", 1], **case["inpaint"]}}
+    elif case.get("image"):
         prompt["latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["ckpt", 2]}}
     else:
         prompt["latent"] = {"class_type": "EmptyLatentImage", "inputs": {
             "width": config["width"], "height": config["height"], "batch_size": case.get("batch_size", 1)}}
+    latent = ["latent", 0]
+    if case.get("noise_mask"):
+        prompt["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": latent, "mask": ["load", 1]}}
+        latent = ["masked", 0]
     prompt["sample"] = {"class_type": "KSampler", "inputs": {
-        "model": ["ckpt", 0], "seed": case["seed"], "steps": case["steps"], "cfg": case["cfg"],
+        "model": model, "seed": case["seed"], "steps": case["steps"], "cfg": case["cfg"],
         "sampler_name": case["sampler"], "scheduler": case["scheduler"], "positive": ["pos", 0],
-        "negative": ["neg", 0], "latent_image": ["latent", 0], "denoise": case.get("denoise", 1.0)}}
+        "negative": ["neg", 0], "latent_image": latent, "denoise": case.get("denoise", 1.0)}}
     prompt["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
     prompt["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
                                                             "filename_prefix": case["name"]}}
@@ -356,9 +383,6 @@ async def test_workflows_give_comfyuis_images(checkpoints, attention, data):
     the fork's default, against the fork run that way.
     """
     expected = reference(data)
-    input_folder = checkpoints / "input"
-    input_folder.mkdir(exist_ok=True)
-    Image.fromarray(reference()["inputs/image"][0].numpy()).save(input_folder / "parity.png")
     options = {"use_pytorch_cross_attention": True} if attention == "pytorch" else {}
     failures = []
     try:
