@@ -7,19 +7,19 @@ separate process with the project's torch (2.13.0, CPU): ``comfy.samplers`` (cal
 ``comfy.sample.prepare_noise``, the custom-sampling nodes, ``comfy.nodes.base_nodes`` (CLIPTextEncode,
 EmptyLatentImage, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, KSampler, VAEDecode, CLIPSetLastLayer),
 CLIPTextEncodeSDXL and ``comfy.sd.load_lora_for_models`` (LoraLoader's body), with its real model management on the
-CPU. Its package ``__init__`` (workspace patching), tracing and unused model families were replaced by inert stand-
-ins. ComfyUI detects only full-width families, so tiny twins of its SD15 and SDXL classes (unet_config equal to what
-its detection reads from our tiny UNets) were put first in its model list, and its text encoders got the tiny sizes
-through ``te_model_options``; the VAE came from ``comfy.sd.VAE`` with the tiny config. The checkpoints and LoRA are
-the ones ``fixtures.py`` builds (their SHA-256 is recorded and checked here); each workflow loaded its checkpoint
-afresh, because the fork's model clones each keep their own record of the weight patches applied, so a LoRA run
-leaves the LoRA in the base model's weights for the next prompt (upstream ComfyUI, and we, restore them; the
-workflow test runs them in one kernel). Two one-line changes to the fork were needed to run it at all:
+CPU. Its package ``__init__`` (workspace patching), tracing and unused model families were replaced by inert
+stand-ins. ComfyUI detects only full-width families, so tiny twins of its SD15 and SDXL classes (unet_config equal
+to what its detection reads from our tiny UNets) were put first in its model list, and its text encoders got the
+tiny sizes through ``te_model_options``; the VAE came from ``comfy.sd.VAE`` with the tiny config. The checkpoints
+and LoRA are the ones ``fixtures.py`` builds (their SHA-256 is recorded and checked here); each workflow loaded its
+checkpoint afresh, because the fork's model clones each keep their own record of the weight patches applied, so a
+LoRA run leaves the LoRA in the base model's weights for the next prompt (upstream ComfyUI, and we, restore them;
+the workflow test runs them in one kernel). Two one-line changes to the fork were needed to run it at all:
 ``sample_sa_solver`` starts ``tau_t``/``noise`` at 0.0 as upstream ComfyUI does (the fork calls
 ``torch.float(0.0)``, which raises), and its text encoder accepts the hidden-layer index -2 on the tiny 2-layer
 encoders. ``reference.safetensors`` uses upstream ComfyUI's CPU attention (sub-quadratic);
-``reference_sdpa.safetensors`` repeats the workflows with the fork's default, PyTorch SDPA (``--use-pytorch-cross-
-attention``). Images are ComfyUI's 8-bit SaveImage pixels.
+``reference_sdpa.safetensors`` repeats the workflows with the fork's default, PyTorch SDPA
+(``--use-pytorch-cross-attention``). Images are ComfyUI's 8-bit SaveImage pixels.
 
 Latents are compared like images: both mapped to 8 bits by the affine map taking the reference's minimum
 to 0 and its maximum to 255 (rounded, clipped), then PSNR >= 40 dB; besides, no element may differ by
