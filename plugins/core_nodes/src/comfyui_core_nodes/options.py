@@ -48,7 +48,7 @@ _VRAM_FLAGS = (
 _ATTENTION_FLAGS = (
     ("--use-split-cross-attention", "Use the split (sliced) cross attention."),
     ("--use-quad-cross-attention", "Use the sub-quadratic cross attention."),
-    ("--use-pytorch-cross-attention", "Use PyTorch's scaled_dot_product_attention (the default)."),
+    ("--use-pytorch-cross-attention", "Use PyTorch's scaled_dot_product_attention (the default on CUDA and XPU; the CPU and MPS default to sub-quadratic attention)."),
     ("--use-sage-attention", "Use SageAttention (needs the sageattention package)."),
     ("--use-flash-attention", "Use FlashAttention (needs the flash-attn package)."),
 )
