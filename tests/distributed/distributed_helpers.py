@@ -3,7 +3,6 @@ and the run log the test pack writes."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -14,9 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import aiohttp
+from websocket_events import Events
 
 AMQP_URI = os.environ.get("COMFYUI_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1")
 PACK = Path(__file__).parent / "distributed_test_pack"
@@ -137,47 +137,9 @@ class Cluster:
                 running.process.wait()
 
 
-class Events:
-    """A websocket client that records every message, JSON or binary, in arrival order."""
-
-    def __init__(self, socket: aiohttp.ClientWebSocketResponse):
-        self.socket = socket
-        self.messages: list[Any] = []
-        self._arrived = asyncio.Condition()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.socket:
-            value = json.loads(message.data) if message.type == aiohttp.WSMsgType.TEXT else message.data
-            async with self._arrived:
-                self.messages.append(value)
-                self._arrived.notify_all()
-
-    async def wait_until(self, predicate: Callable[[list[Any]], bool], timeout: float = TIMEOUT) -> None:
-        async def check() -> None:
-            async with self._arrived:
-                while not predicate(self.messages):
-                    await self._arrived.wait()
-        await asyncio.wait_for(check(), timeout)
-
-    def json(self, message_type: Optional[str] = None) -> list[dict]:
-        return [m for m in self.messages if isinstance(m, dict) and (message_type is None or m["type"] == message_type)]
-
-    def binary(self) -> list[bytes]:
-        return [m for m in self.messages if isinstance(m, bytes)]
-
-    def finished(self) -> list[str]:
-        """Prompt ids whose "executing" with no node (the end of a prompt) arrived."""
-        return [m["data"]["prompt_id"] for m in self.json("executing") if m["data"].get("node") is None]
-
-    async def close(self) -> None:
-        await self.socket.close()
-        await self._reader
-
-
 async def connect_ws(session: aiohttp.ClientSession, frontend: Process, client_id: str) -> Events:
     url = frontend.url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
-    events = Events(await session.ws_connect(url))
+    events = Events(await session.ws_connect(url), TIMEOUT)
     await events.wait_until(lambda messages: any(isinstance(m, dict) and m["type"] == "status" for m in messages))
     return events
 

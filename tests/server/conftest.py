@@ -6,7 +6,6 @@ and websocket. ``comfyui`` subprocess tests use ``start_comfyui``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from typing import Any, AsyncIterator, Iterator, Optional
 
 import aiohttp
 import pytest
+from websocket_events import Events
 
 PACK = Path(__file__).parent / "server_test_pack"
 COMFYUI = str(Path(sys.executable).with_name("comfyui"))
@@ -91,44 +91,6 @@ def forget_legacy_modules(pm, modules_before: set[str]) -> None:
 async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(server.url) as session:
         yield session
-
-
-class Events:
-    """A websocket client that records every message, JSON or binary, in arrival order."""
-
-    def __init__(self, socket: aiohttp.ClientWebSocketResponse):
-        self.socket = socket
-        self.messages: list[Any] = []
-        self._arrived = asyncio.Condition()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.socket:
-            value = json.loads(message.data) if message.type == aiohttp.WSMsgType.TEXT else message.data
-            async with self._arrived:
-                self.messages.append(value)
-                self._arrived.notify_all()
-
-    async def wait_for(self, predicate, timeout: float = 20) -> Any:
-        """The first message (seen already or arriving) for which ``predicate`` is true."""
-        async def find() -> Any:
-            async with self._arrived:
-                while True:
-                    for message in self.messages:
-                        if predicate(message):
-                            return message
-                    await self._arrived.wait()
-        return await asyncio.wait_for(find(), timeout)
-
-    def json(self, message_type: Optional[str] = None) -> list[dict]:
-        return [m for m in self.messages if isinstance(m, dict) and (message_type is None or m["type"] == message_type)]
-
-    def binary(self) -> list[bytes]:
-        return [m for m in self.messages if isinstance(m, bytes)]
-
-    async def close(self) -> None:
-        await self.socket.close()
-        await self._reader
 
 
 async def connect(session: aiohttp.ClientSession, server: RunningServer, client_id: Optional[str] = None,
