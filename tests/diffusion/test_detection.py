@@ -7,7 +7,7 @@ import torch
 import fixtures
 from comfyui_core_nodes import detection
 from comfyui_core_nodes.controlnet import ControlNetModel
-from comfyui_core_nodes.loading import without_ldm_extras
+from comfyui_core_nodes.loading import ModelFileError, without_ldm_extras
 from comfyui_core_nodes.model_base import ModelType, create_model
 from comfyui_core_nodes.sd import CheckpointError, load_diffusion_model_state_dict, load_state_dict_guess_config
 from comfyui_core_nodes.vae import AutoencoderKL, vae_config_from_state_dict
@@ -106,5 +106,5 @@ def test_unknown_files_name_what_was_found():
     with pytest.raises(CheckpointError, match=r"odd\.safetensors: unrecognised UNet.*adm_in_channels=1568"):
         load_diffusion_model_state_dict(odd, name="odd.safetensors")
     diffusers = {"conv_in.weight": torch.zeros(4, 4, 3, 3), "down_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}
-    with pytest.raises(CheckpointError, match="diffusers layout"):
+    with pytest.raises(ModelFileError, match="unet: a diffusers UNet whose decoder .* does not mirror"):
         load_diffusion_model_state_dict(diffusers, name="unet")

@@ -1,4 +1,5 @@
-"""ControlNet (SD1.5/SDXL, original ``control_model.*`` layout) and T2I-Adapter, as conditioning's ``control``.
+"""ControlNet (SD1.5/SDXL, original ``control_model.*`` or diffusers layout) and T2I-Adapter (full and light), as
+conditioning's ``control``.
 
 A control object sits in a conditioning dict under ``"control"``. For each model call the sampler
 asks ``get_control(x, sigma, cond, batched_number, transformer_options)``, which returns the residuals
@@ -11,12 +12,12 @@ import enum
 import logging
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 
-from comfyui_core_nodes import detection, model_management
+from comfyui_core_nodes import detection, diffusers_layout, model_management
 from comfyui_core_nodes import ops as ops_module
 from comfyui_core_nodes.loading import ModelFileError, load_into, load_torch_file, take_prefix
 from comfyui_core_nodes.model_patcher import ModelPatcher
@@ -378,6 +379,57 @@ class Adapter(nn.Module):
         return {"input": features}
 
 
+class _LightResnetBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.act = nn.ReLU()
+        self.block2 = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block2(self.act(self.block1(x))) + x
+
+
+class _LightExtractor(nn.Module):
+    """One level of the light adapter: 1x1 in to a quarter width, ResBlocks, 1x1 out (after pooling if ``down``)."""
+
+    def __init__(self, in_channels: int, inner_channels: int, out_channels: int, nums_rb: int, down: bool):
+        super().__init__()
+        self.down_opt = _AdapterDownsample(in_channels, use_conv=False) if down else None
+        self.in_conv = nn.Conv2d(in_channels, inner_channels, 1, 1, 0)
+        self.body = nn.Sequential(*(_LightResnetBlock(inner_channels) for _ in range(nums_rb)))
+        self.out_conv = nn.Conv2d(inner_channels, out_channels, 1, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down_opt is not None:
+            x = self.down_opt(x)
+        return self.out_conv(self.body(self.in_conv(x)))
+
+
+class LightAdapter(nn.Module):
+    """The light T2I-Adapter (``body.N.in_conv``, ``body.N.body.M``): one small extractor per UNet level."""
+
+    xl = False
+    unshuffle_amount = 8
+
+    def __init__(self, channels: list[int], nums_rb: int, cin: int):
+        super().__init__()
+        self.input_channels = cin // (self.unshuffle_amount * self.unshuffle_amount)
+        self.unshuffle = nn.PixelUnshuffle(self.unshuffle_amount)
+        self.channels = channels
+        self.body = nn.ModuleList(
+            _LightExtractor(cin if level == 0 else channels[level - 1], width // 4, width, nums_rb, down=level > 0)
+            for level, width in enumerate(channels))
+
+    def forward(self, x: torch.Tensor) -> dict[str, list[Optional[torch.Tensor]]]:
+        x = self.unshuffle(x)
+        features: list[Optional[torch.Tensor]] = []
+        for extractor in self.body:
+            x = extractor(x)
+            features += [None, None, x]
+        return {"input": features[::-1]}
+
+
 class T2IAdapter(ControlBase):
     def __init__(self, t2i_model: Adapter, channels_in: int, compression_ratio: int = 8,
                  upscale_algorithm: str = "nearest-exact", device: Optional[torch.device] = None):
@@ -433,28 +485,44 @@ class T2IAdapter(ControlBase):
 
 
 def load_t2i_adapter(sd: dict[str, torch.Tensor]) -> Optional[T2IAdapter]:
-    """A full T2I-Adapter (``conv_in``, ``body.N``), with its original or ``adapter.``-prefixed keys."""
+    """A full or light T2I-Adapter in its original layout (``conv_in``/``body.N`` or ``body.N.in_conv``), with or
+    without an ``adapter.`` prefix, or a full one in the diffusers layout (``adapter.body.L.resnets.R``)."""
     if "adapter" in sd and isinstance(sd["adapter"], dict):
         sd = sd["adapter"]
-    if "conv_in.weight" not in sd and "adapter.conv_in.weight" in sd:
+    if diffusers_layout.is_diffusers_t2i_adapter(sd):
+        sd = diffusers_layout.t2i_adapter_to_original(sd)
+    elif "conv_in.weight" not in sd and "body.0.in_conv.weight" not in sd:
         sd = take_prefix(sd, "adapter.")
-    if "conv_in.weight" not in sd:
+    adapter: nn.Module
+    if "body.0.in_conv.weight" in sd:
+        with torch.device("meta"):
+            adapter = LightAdapter([sd[f"body.{level}.out_conv.weight"].shape[0]
+                                    for level in range(_count_children(sd, "body."))],
+                                   nums_rb=_count_children(sd, "body.0.body."), cin=sd["body.0.in_conv.weight"].shape[1])
+    elif "conv_in.weight" in sd:
+        cin = sd["conv_in.weight"].shape[1]
+        channel = sd["conv_in.weight"].shape[0]
+        ksize = sd["body.0.block2.weight"].shape[2]
+        use_conv = any(key.endswith("down_opt.op.weight") for key in sd)
+        xl = cin in (256, 768)
+        with torch.device("meta"):
+            adapter = Adapter([channel, channel * 2, channel * 4, channel * 4], nums_rb=2, cin=cin, ksize=ksize,
+                              use_conv=use_conv, xl=xl)
+    else:
         return None
-    cin = sd["conv_in.weight"].shape[1]
-    channel = sd["conv_in.weight"].shape[0]
-    ksize = sd["body.0.block2.weight"].shape[2]
-    use_conv = any(key.endswith("down_opt.op.weight") for key in sd)
-    xl = cin in (256, 768)
-    with torch.device("meta"):
-        adapter = Adapter([channel, channel * 2, channel * 4, channel * 4], nums_rb=2, cin=cin, ksize=ksize,
-                          use_conv=use_conv, xl=xl)
     load_into(adapter, sd, torch.float32, what="T2I-Adapter")
     return T2IAdapter(adapter, adapter.input_channels)
+
+
+def _count_children(sd: Mapping[str, Any], prefix: str) -> int:
+    return len({key[len(prefix):].split(".", 1)[0] for key in sd if key.startswith(prefix)})
 
 
 def load_controlnet_state_dict(sd: dict[str, torch.Tensor], model: Any = None, model_options: Optional[dict] = None,
                                ckpt_name: str = "") -> ControlBase:
     model_options = model_options or {}
+    if diffusers_layout.is_diffusers_controlnet(sd):
+        sd = diffusers_layout.controlnet_to_ldm(sd, what=ckpt_name or "ControlNet")
     if "control_model.zero_convs.0.0.weight" in sd:
         prefix = "control_model."
     elif "zero_convs.0.0.weight" in sd:
@@ -501,5 +569,5 @@ def load_controlnet(ckpt_path: str, model: Any = None, model_options: Optional[d
                                       ckpt_name=os.path.basename(ckpt_path))
 
 
-__all__ = ["Adapter", "ControlBase", "ControlNet", "ControlNetModel", "StrengthType", "T2IAdapter",
+__all__ = ["Adapter", "ControlBase", "ControlNet", "ControlNetModel", "LightAdapter", "StrengthType", "T2IAdapter",
            "broadcast_image_to", "load_controlnet", "load_controlnet_state_dict", "load_t2i_adapter"]

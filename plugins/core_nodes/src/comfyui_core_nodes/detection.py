@@ -210,7 +210,8 @@ OTHER_KINDS: tuple[tuple[Callable[[set[str]], bool], str], ...] = (
     (lambda keys: "encoder.conv_in.weight" in keys and "decoder.conv_in.weight" in keys, "a VAE (use VAELoader)"),
     (lambda keys: any(key.startswith(("lora_unet_", "lora_te", "lycoris_")) or ".lora_down." in key
                       or ".lora_A." in key for key in keys), "a LoRA (use LoraLoader)"),
-    (lambda keys: any("zero_convs." in key for key in keys), "a ControlNet (use ControlNetLoader)"),
+    (lambda keys: any("zero_convs." in key or key.startswith("controlnet_") for key in keys),
+     "a ControlNet (use ControlNetLoader)"),
     (lambda keys: any(key.startswith(("text_model.", "transformer.resblocks.")) for key in keys)
      or "token_embedding.weight" in keys, "a text encoder (use CLIPLoader)"),
 )
@@ -222,11 +223,7 @@ def guess_other_kind(sd: Mapping[str, Any]) -> Optional[str]:
     return next((kind for matches, kind in OTHER_KINDS if matches(keys)), None)
 
 
-def is_diffusers_unet(sd: Mapping[str, Any]) -> bool:
-    return "conv_in.weight" in sd and any(key.startswith("down_blocks.") for key in sd)
-
-
 __all__ = ["FAMILIES", "FAMILIES_BY_NAME", "Family", "UnknownModelError", "describe", "detect_family",
            "detect_unet_config", "model_config_from_unet",
-           "find_unet_prefix", "guess_other_kind", "is_diffusers_unet", "model_config_for", "summarize_keys",
+           "find_unet_prefix", "guess_other_kind", "model_config_for", "summarize_keys",
            "unet_config_from_state_dict"]

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from comfyui_core_nodes import detection, model_management
+from comfyui_core_nodes import detection, diffusers_layout, model_management
 from comfyui_core_nodes.loading import (ModelFileError, count_parameters, load_into, load_torch_file,
                                         state_dict_dtype, take_prefix, without_ldm_extras)
 from comfyui_core_nodes.lora import load_lora_for_models
@@ -124,10 +124,9 @@ def load_diffusion_model_state_dict(sd: Mapping[str, torch.Tensor], model_option
     """A UNet-only state dict (keys bare or under ``model.diffusion_model.``) as a MODEL."""
     sd = without_ldm_extras(sd)
     prefix = detection.find_unet_prefix(sd)
+    if prefix is None and diffusers_layout.is_diffusers_unet(sd) and not diffusers_layout.is_diffusers_controlnet(sd):
+        sd, prefix = diffusers_layout.unet_to_ldm(sd, what=name or "UNet"), ""
     if prefix is None:
-        if detection.is_diffusers_unet(sd):
-            raise CheckpointError(f"{name or 'this file'} is a UNet in the diffusers layout (down_blocks.*); "
-                                  f"only the original single-file layout (input_blocks.*) is supported")
         raise CheckpointError(f"{name or 'this file'} is not a diffusion model: no UNet (input_blocks.*) "
                               f"found{_looks_like(sd)}; {detection.summarize_keys(sd)}")
     return load_model_weights(sd, prefix, _detect(sd, prefix, name), model_options, name)
