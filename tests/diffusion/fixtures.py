@@ -182,6 +182,23 @@ def controlnet_state_dict(family: str = "sd1", prefix: str = "control_model.", s
     return {prefix + key: value for key, value in random_state_dict(module_shapes(control), seed).items()}
 
 
+def control_lora_state_dict(family: str = "sd1", rank: int = 2, seed: int = 600) -> dict[str, torch.Tensor]:
+    """A Control-LoRA as Stability's files: whole tensors for the ControlNet's own parts (hint encoder, zero
+    convolutions) and every 1-D tensor, ``.up``/``.down`` factors for the encoder's matrices and kernels."""
+    own_parts = ("input_hint_block.", "zero_convs.", "middle_block_out.")
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {"lora_controlnet": torch.tensor([])}
+    for key, value in controlnet_state_dict(family, prefix="", seed=seed).items():
+        if key.startswith(own_parts) or value.ndim == 1:
+            out[key] = value
+        else:
+            stem = key.removesuffix(".weight")
+            out[f"{stem}.up"] = 0.1 * torch.randn((value.shape[0], rank, *([1] * (value.ndim - 2))),
+                                                  generator=generator)
+            out[f"{stem}.down"] = 0.1 * torch.randn((rank, *value.shape[1:]), generator=generator)
+    return out
+
+
 def t2i_adapter_state_dict(seed: int = 500) -> dict[str, torch.Tensor]:
     """A full T2I-Adapter for the ``sd1_four_levels`` UNet (widths 32/64/128/128), RGB hint."""
     from comfyui_core_nodes.controlnet import Adapter
@@ -223,7 +240,8 @@ def image(height: int = 64, width: int = 64, batch: int = 1, seed: int = 0) -> t
     return torch.stack(channels, dim=-1).float()
 
 
-__all__ = ["MANIFESTS", "TEXT_WIDTH", "TINY_UNETS", "TINY_VAE", "checkpoint_state_dict", "controlnet_state_dict",
+__all__ = ["MANIFESTS", "TEXT_WIDTH", "TINY_UNETS", "TINY_VAE", "checkpoint_state_dict", "control_lora_state_dict",
+           "controlnet_state_dict",
            "core_comfy", "image", "lora_state_dict", "stop_kernel", "t2i_adapter_state_dict",
            "manifest", "manifest_state_dict", "models_folder", "random_state_dict", "save_state_dict",
            "text_encoder_state_dict", "unet_state_dict", "vae_state_dict", "write_checkpoint"]

@@ -1,4 +1,4 @@
-"""ControlNet and T2I-Adapter: loading the original layouts, residual shapes, chaining, and sampling with them."""
+"""ControlNet, Control-LoRA and T2I-Adapter: loading the original layouts, residual shapes, chaining, and sampling with them."""
 from __future__ import annotations
 
 import os
@@ -121,6 +121,7 @@ async def test_sampling_with_a_controlnet_and_a_t2i_adapter(tmp_path):
     folder = fixtures.models_folder(tmp_path, "controlnet")
     fixtures.save_state_dict(fixtures.controlnet_state_dict("sd1"), folder / "control_v11p_tiny.pth")
     fixtures.save_state_dict(fixtures.t2i_adapter_state_dict(), folder / "t2iadapter_tiny.safetensors")
+    fixtures.save_state_dict(fixtures.control_lora_state_dict("sd1"), folder / "control-lora-tiny.safetensors")
 
     def pixels(outputs: dict) -> np.ndarray:
         (entry,) = outputs["save"]["images"]
@@ -132,6 +133,8 @@ async def test_sampling_with_a_controlnet_and_a_t2i_adapter(tmp_path):
             plain = pixels(await client.queue_prompt(sampling_prompt("sd1.safetensors", None)))
             controlled = pixels(await client.queue_prompt(sampling_prompt("sd1.safetensors", "control_v11p_tiny.pth")))
             off = pixels(await client.queue_prompt(sampling_prompt("sd1.safetensors", "control_v11p_tiny.pth", 0.0)))
+            control_lora = pixels(await client.queue_prompt(sampling_prompt("sd1.safetensors",
+                                                                            "control-lora-tiny.safetensors")))
             adapter_plain = pixels(await client.queue_prompt(sampling_prompt("sd1_four.safetensors", None)))
             adapted = pixels(await client.queue_prompt(sampling_prompt("sd1_four.safetensors",
                                                                        "t2iadapter_tiny.safetensors")))
@@ -142,4 +145,5 @@ async def test_sampling_with_a_controlnet_and_a_t2i_adapter(tmp_path):
     finally:
         fixtures.stop_kernel()
     assert not np.array_equal(plain, controlled) and np.array_equal(plain, off)
+    assert not np.array_equal(plain, control_lora) and not np.array_equal(controlled, control_lora)
     assert not np.array_equal(adapter_plain, adapted)

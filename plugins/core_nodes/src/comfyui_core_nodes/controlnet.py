@@ -1,5 +1,5 @@
-"""ControlNet (SD1.5/SDXL, original ``control_model.*`` or diffusers layout) and T2I-Adapter (full and light), as
-conditioning's ``control``.
+"""ControlNet (SD1.5/SDXL, original ``control_model.*`` or diffusers layout), Control-LoRA and T2I-Adapter (full
+and light), as conditioning's ``control``.
 
 A control object sits in a conditioning dict under ``"control"``. For each model call the sampler
 asks ``get_control(x, sigma, cond, batched_number, transformer_options)``, which returns the residuals
@@ -296,6 +296,64 @@ class ControlNet(ControlBase):
         return self.control_merge(control, control_prev, output_dtype=None)
 
 
+class ControlLora(ControlNet):
+    """Stability's Control-LoRA: a ControlNet kept as low-rank differences (``<module>.up`` @ ``<module>.down``) to
+    the sampled model's own encoder weights, plus whole tensors for what the UNet lacks (hint encoder, zero
+    convolutions, norms and biases). The network is assembled from the model at the start of each run."""
+
+    def __init__(self, control_weights: Mapping[str, torch.Tensor], global_average_pooling: bool = False,
+                 ckpt_name: Optional[str] = None):
+        super().__init__(None, global_average_pooling, ckpt_name=ckpt_name)
+        self.control_weights = control_weights
+        self.ckpt_name = ckpt_name
+
+    def copy(self) -> "ControlLora":
+        other = ControlLora(self.control_weights, self.global_average_pooling, self.ckpt_name)
+        self.copy_to(other)
+        return other
+
+    def get_models(self) -> list[Any]:
+        # Built per run on the model's device from the model's weights: nothing for the memory manager to move.
+        return ControlBase.get_models(self)
+
+    def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
+        super().pre_run(model, percent_to_timestep_function)
+        self.manual_cast_dtype = model.manual_cast_dtype
+        dtype = self.manual_cast_dtype or model.get_dtype()
+        base = model.diffusion_model.state_dict()
+        device = next(iter(base.values())).device
+        with torch.device("meta"):
+            control = ControlNetModel(model.model_config.unet, self.control_weights["input_hint_block.0.weight"].shape[1],
+                                      dtype=dtype, operations=ops_module.pick_operations(dtype, self.manual_cast_dtype))
+        name = self.ckpt_name or "Control-LoRA"
+        family = detection.FAMILIES_BY_NAME[model.model_config.family].description
+        weights = {}
+        for key, target in control.state_dict().items():
+            weight = self.control_weights.get(key, base.get(key))
+            up = self.control_weights.get(key.removesuffix(".weight") + ".up")
+            down = self.control_weights.get(key.removesuffix(".weight") + ".down")
+            fits = weight is not None and weight.shape == target.shape and (
+                up is None or (down is not None and up.shape[0] * math.prod(down.shape[1:]) == target.numel()))
+            if not fits:
+                raise ModelFileError(f"{name} does not fit the model being sampled ({family}): {key} is missing or has "
+                                     f"another shape; is it a Control-LoRA for another model family?")
+            if up is not None:
+                weight = weight.to(device, torch.float32) + (up.to(device, torch.float32).flatten(1)
+                                                             @ down.to(device, torch.float32).flatten(1)
+                                                             ).reshape(weight.shape)
+            weights[key] = weight.to(device)
+        load_into(control, weights, dtype, what=self.ckpt_name or "Control-LoRA")
+        self.control_model = control.to(device).eval()
+
+    def cleanup(self) -> None:
+        self.control_model = None
+        super().cleanup()
+
+    def inference_memory_requirements(self, dtype: torch.dtype) -> int:
+        size = sum(value.numel() for value in self.control_weights.values()) * model_management.dtype_size(dtype)
+        return size + super().inference_memory_requirements(dtype)
+
+
 # -- T2I-Adapter ---------------------------------------------------------------------------------------
 
 class AdapterResnetBlock(nn.Module):
@@ -521,6 +579,8 @@ def _count_children(sd: Mapping[str, Any], prefix: str) -> int:
 def load_controlnet_state_dict(sd: dict[str, torch.Tensor], model: Any = None, model_options: Optional[dict] = None,
                                ckpt_name: str = "") -> ControlBase:
     model_options = model_options or {}
+    if "lora_controlnet" in sd:
+        return ControlLora(sd, model_options.get("global_average_pooling", False), ckpt_name=ckpt_name)
     if diffusers_layout.is_diffusers_controlnet(sd):
         sd = diffusers_layout.controlnet_to_ldm(sd, what=ckpt_name or "ControlNet")
     if "control_model.zero_convs.0.0.weight" in sd:
@@ -569,5 +629,5 @@ def load_controlnet(ckpt_path: str, model: Any = None, model_options: Optional[d
                                       ckpt_name=os.path.basename(ckpt_path))
 
 
-__all__ = ["Adapter", "ControlBase", "ControlNet", "ControlNetModel", "LightAdapter", "StrengthType", "T2IAdapter",
+__all__ = ["Adapter", "ControlBase", "ControlLora", "ControlNet", "ControlNetModel", "LightAdapter", "StrengthType", "T2IAdapter",
            "broadcast_image_to", "load_controlnet", "load_controlnet_state_dict", "load_t2i_adapter"]
