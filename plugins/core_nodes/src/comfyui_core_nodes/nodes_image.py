@@ -397,6 +397,10 @@ class ImageCrop(io.ComfyNode):
 
 
 # --- upscale models (spandrel) --------------------------------------------------------------------
+# ComfyUI declares these two in comfy_extras/nodes_upscale_model.py; /object_info names that module.
+UPSCALE_MODULE = "comfy_extras.nodes_upscale_model"
+UPSCALE_TILE, UPSCALE_OVERLAP, UPSCALE_MIN_TILE = 512, 32, 128
+
 
 class SpandrelMissingError(RuntimeError):
     """Upscale models need the spandrel package (which needs torchvision)."""
@@ -412,63 +416,79 @@ def _spandrel() -> Any:
     return spandrel
 
 
-class UpscaleModelLoader:
+class UpscaleModelLoader(io.ComfyNode):
+    RELATIVE_PYTHON_MODULE = UPSCALE_MODULE
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model_name": (paths.get_filename_list("upscale_models"),)}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UpscaleModelLoader", display_name="Load Upscale Model", category="loaders",
+            inputs=[io.Combo.Input("model_name", options=paths.get_filename_list("upscale_models"))],
+            outputs=[io.UpscaleModel.Output()])
 
-    RETURN_TYPES = ("UPSCALE_MODEL",)
-    FUNCTION = "load_model"
-    CATEGORY = "loaders"
-
-    def load_model(self, model_name):
-        from comfyui_core_nodes.loading import load_torch_file, state_dict_prefix_replace
+    @classmethod
+    def execute(cls, model_name: str) -> io.NodeOutput:
+        from comfyui_core_nodes.loading import ModelFileError, load_torch_file
 
         spandrel = _spandrel()
         state_dict = load_torch_file(paths.get_full_path_or_raise("upscale_models", model_name), safe_load=True)
-        if "module.layers.0.residual_group.blocks.0.norm1.weight" in state_dict:
-            state_dict = state_dict_prefix_replace(state_dict, {"module.": ""})
-        model = spandrel.ModelLoader().load_from_state_dict(state_dict).eval()
+        # spandrel unwraps params/params_ema and strips a DataParallel "module." prefix itself.
+        try:
+            model = spandrel.ModelLoader().load_from_state_dict(state_dict).eval()
+        except spandrel.UnsupportedModelError as error:
+            raise ModelFileError(f"{model_name} is not an upscale model of any architecture spandrel "
+                                 f"{spandrel.__version__} knows") from error
         if not isinstance(model, spandrel.ImageModelDescriptor):
-            raise ValueError(f"{model_name} is not a single-image upscale model")
-        return (model,)
+            raise ModelFileError(f"{model_name} is a {model.architecture.name} model for {model.purpose.lower()}, "
+                                 f"not a single-image upscale model")
+        return io.NodeOutput(model)
 
 
-class ImageUpscaleWithModel:
+class ImageUpscaleWithModel(io.ComfyNode):
+    RELATIVE_PYTHON_MODULE = UPSCALE_MODULE
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ImageUpscaleWithModel", display_name="Upscale Image (using Model)", category="image/upscaling",
+            inputs=[io.UpscaleModel.Input("upscale_model"), io.Image.Input("image")],
+            outputs=[io.Image.Output()])
 
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "upscale"
-    CATEGORY = "image/upscaling"
-
-    def upscale(self, upscale_model, image):
+    @classmethod
+    def execute(cls, upscale_model: Any, image: torch.Tensor) -> io.NodeOutput:
         import torch
 
-        from comfy.progress import ProgressBar
         from comfyui_core_nodes import model_management, utils
 
+        if image.shape[-1] != upscale_model.input_channels:
+            raise ValueError(f"This {upscale_model.architecture.name} upscale model takes images with "
+                             f"{upscale_model.input_channels} channels; the image has {image.shape[-1]}")
         device = model_management.get_torch_device()
+        # The weights, the image, and ComfyUI's rough allowance for one tile's activations
+        # (384 values per output value of a 512-pixel RGB tile).
+        tile_activations = UPSCALE_TILE ** 2 * 3 * image.element_size() * max(upscale_model.scale, 1.0) * 384.0
+        model_management.free_memory(model_management.module_size(upscale_model.model) + tile_activations
+                                     + image.nelement() * image.element_size(), device)
         upscale_model.to(device)
         pixels = image.movedim(-1, -3).to(device)
-        tile, overlap = 512, 32
-        while True:
-            try:
-                steps = pixels.shape[0] * utils.get_tiled_scale_steps(pixels.shape[3], pixels.shape[2], tile_x=tile,
-                                                                       tile_y=tile, overlap=overlap)
-                progress = ProgressBar(steps)
-                scaled = utils.tiled_scale(pixels, lambda tile_pixels: upscale_model(tile_pixels), tile_x=tile,
-                                           tile_y=tile, overlap=overlap, upscale_amount=upscale_model.scale,
-                                           pbar=progress)
-                break
-            except model_management.OOM_EXCEPTION:
-                # Out of memory: smaller tiles, down to 128 pixels.
-                tile //= 2
-                if tile < 128:
-                    raise
-        upscale_model.to("cpu")
-        return (torch.clamp(scaled.movedim(-3, -1), min=0, max=1.0),)
+        tile = UPSCALE_TILE
+        try:
+            while True:
+                try:
+                    steps = pixels.shape[0] * utils.get_tiled_scale_steps(
+                        pixels.shape[3], pixels.shape[2], tile_x=tile, tile_y=tile, overlap=UPSCALE_OVERLAP)
+                    scaled = utils.tiled_scale(pixels, upscale_model, tile_x=tile, tile_y=tile,
+                                               overlap=UPSCALE_OVERLAP, upscale_amount=upscale_model.scale,
+                                               out_channels=upscale_model.output_channels,
+                                               pbar=utils.ProgressBar(steps))
+                    break
+                except model_management.OOM_EXCEPTION:
+                    tile //= 2
+                    if tile < UPSCALE_MIN_TILE:
+                        raise
+        finally:
+            upscale_model.to("cpu")
+        return io.NodeOutput(torch.clamp(scaled.movedim(-3, -1), min=0, max=1.0))
 
 
 NODE_CLASS_MAPPINGS = {
@@ -497,6 +517,4 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ImageInvert": "Invert Image",
     "ImagePadForOutpaint": "Pad Image for Outpainting",
     "ImageBatch": "Batch Images",
-    "UpscaleModelLoader": "Load Upscale Model",
-    "ImageUpscaleWithModel": "Upscale Image (using Model)",
 }
