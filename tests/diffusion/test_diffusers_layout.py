@@ -1,9 +1,11 @@
 """Files in the diffusers layout: UNets (UNETLoader), ControlNets and T2I-Adapters (full and light), made by the
-``diffusers`` library itself with tiny configs, load through our loaders and compute what diffusers computes."""
+``diffusers`` library itself with tiny configs, load through our loaders and compute what diffusers computes; and
+xinsir's union ControlNets (diffusers layout plus control-type parts) with SetUnionControlNetType."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +137,104 @@ def test_diffusers_controlnet_given_to_the_unet_loader_says_what_it_is(tmp_path)
     path = save(diffusers.ControlNetModel(**config), tmp_path / "cn.safetensors")
     with pytest.raises(CheckpointError, match=r"cn\.safetensors.*a ControlNet \(use ControlNetLoader\)"):
         load_diffusion_model(str(path))
+
+
+def union_controlnet_state_dict(types: int = 6, seed: int = 5) -> dict[str, torch.Tensor]:
+    """xinsir's union ControlNet layout: a diffusers SDXL ControlNet plus the control-type parts (task embedding,
+    one transformer block with a packed ``in_proj_weight``, the projection back to the UNet width, the type
+    embedding)."""
+    config = {key: value for key, value in SDXL_LIKE.items() if key != "up_block_types"}
+    sd = randomized(diffusers.ControlNetModel(**config), seed=seed).state_dict()
+    width, model_channels, time_width = 32, 32, 128
+    shapes = {"task_embedding": (types, width),
+              "transformer_layes.0.attn.in_proj_weight": (3 * width, width),
+              "transformer_layes.0.attn.in_proj_bias": (3 * width,),
+              "transformer_layes.0.attn.out_proj.weight": (width, width),
+              "transformer_layes.0.attn.out_proj.bias": (width,),
+              "transformer_layes.0.ln_1.weight": (width,), "transformer_layes.0.ln_1.bias": (width,),
+              "transformer_layes.0.ln_2.weight": (width,), "transformer_layes.0.ln_2.bias": (width,),
+              "transformer_layes.0.mlp.c_fc.weight": (4 * width, width), "transformer_layes.0.mlp.c_fc.bias": (4 * width,),
+              "transformer_layes.0.mlp.c_proj.weight": (width, 4 * width),
+              "transformer_layes.0.mlp.c_proj.bias": (width,),
+              "spatial_ch_projs.weight": (model_channels, width), "spatial_ch_projs.bias": (model_channels,),
+              "control_add_embedding.linear_1.weight": (time_width, 256 * types),
+              "control_add_embedding.linear_1.bias": (time_width,),
+              "control_add_embedding.linear_2.weight": (time_width, time_width),
+              "control_add_embedding.linear_2.bias": (time_width,)}
+    return {**sd, **fixtures.random_state_dict(shapes, seed)}
+
+
+def test_union_attention_block_is_a_pre_norm_transformer_block():
+    from comfyui_core_nodes.controlnet import UNION_HEADS, _UnionAttentionBlock
+    from comfyui_core_nodes.ops import disable_weight_init
+
+    width = 32
+    block = _UnionAttentionBlock(width, None, None, disable_weight_init)
+    reference = torch.nn.MultiheadAttention(width, UNION_HEADS, batch_first=True)
+    weights = fixtures.random_state_dict({key: tuple(value.shape) for key, value in block.state_dict().items()}, 6)
+    block.load_state_dict(weights)
+    reference.load_state_dict({"in_proj_weight": weights["attn.in_proj.weight"],
+                               "in_proj_bias": weights["attn.in_proj.bias"],
+                               "out_proj.weight": weights["attn.out_proj.weight"],
+                               "out_proj.bias": weights["attn.out_proj.bias"]})
+    x = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0))
+    normed = torch.nn.functional.layer_norm(x, (width,), weights["ln_1.weight"], weights["ln_1.bias"])
+    h = x + reference(normed, normed, normed, need_weights=False)[0]
+    hidden = torch.nn.functional.linear(torch.nn.functional.layer_norm(h, (width,), weights["ln_2.weight"],
+                                                                       weights["ln_2.bias"]),
+                                        weights["mlp.c_fc.weight"], weights["mlp.c_fc.bias"])
+    expected = h + torch.nn.functional.linear(hidden * torch.sigmoid(1.702 * hidden), weights["mlp.c_proj.weight"],
+                                              weights["mlp.c_proj.bias"])
+    with torch.no_grad():
+        close(block(x), expected)
+
+
+async def test_union_controlnet_takes_its_control_type_from_the_node(tmp_path):
+    from PIL import Image
+
+    from comfy.transport import PromptExecutionError
+
+    fixtures.write_checkpoint(fixtures.models_folder(tmp_path) / "xl.safetensors", "sdxl")
+    fixtures.save_state_dict(union_controlnet_state_dict(),
+                             fixtures.models_folder(tmp_path, "controlnet") / "union.safetensors")
+
+    def prompt(control_type: str) -> dict:
+        return {
+            "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "xl.safetensors"}},
+            "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cube", "clip": ["ckpt", 1]}},
+            "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+            "hint": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                            "color": 0x3366ff}},
+            "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "union.safetensors"}},
+            "type": {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["cn", 0],
+                                                                        "type": control_type}},
+            "apply": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+                "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["type", 0], "image": ["hint", 0],
+                "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+            "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "ks": {"class_type": "KSampler", "inputs": {"model": ["ckpt", 0], "seed": 1, "steps": 2, "cfg": 4.0,
+                                                        "sampler_name": "euler", "scheduler": "normal",
+                                                        "positive": ["apply", 0], "negative": ["apply", 1],
+                                                        "latent_image": ["empty", 0], "denoise": 1.0}},
+            "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "union"}},
+        }
+
+    def pixels(outputs: dict) -> np.ndarray:
+        (entry,) = outputs["save"]["images"]
+        with Image.open(tmp_path / "output" / entry["subfolder"] / entry["filename"]) as image:
+            return np.array(image)
+
+    try:
+        async with fixtures.core_comfy(tmp_path) as client:
+            auto = pixels(await client.queue_prompt(prompt("auto")))
+            depth = pixels(await client.queue_prompt(prompt("depth")))
+            depth_again = pixels(await client.queue_prompt(prompt("depth")))
+            canny = pixels(await client.queue_prompt(prompt("canny/lineart/anime_lineart/mlsd")))
+            # The original union model knows six kinds; tile and repaint need the ProMax one.
+            with pytest.raises(PromptExecutionError, match="tile is beyond the 6 kinds .* ProMax"):
+                await client.queue_prompt(prompt("tile"))
+    finally:
+        fixtures.stop_kernel()
+    assert np.array_equal(depth, depth_again)
+    assert not np.array_equal(auto, depth) and not np.array_equal(depth, canny)

@@ -21,6 +21,7 @@ from comfyui_core_nodes import detection, diffusers_layout, model_management
 from comfyui_core_nodes import ops as ops_module
 from comfyui_core_nodes.loading import ModelFileError, load_into, load_torch_file, take_prefix
 from comfyui_core_nodes.model_patcher import ModelPatcher
+from comfyui_core_nodes.nodes_controlnet import UNION_CONTROLNET_TYPES
 from comfyui_core_nodes.ops import Operations
 from comfyui_core_nodes.unet import TimestepEmbedSequential, UNetConfig, build_encoder, build_time_embedding
 from comfyui_core_nodes.unet import timestep_embedding
@@ -32,11 +33,40 @@ HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
 HINT_STRIDES = (1, 1, 2, 1, 2, 1, 2)
 
 
+UNION_TYPE_EMBEDDING = 256  # each control type's one-hot entry is embedded like a timestep, this wide
+UNION_HEADS = 8
+
+
+class _UnionAttentionBlock(nn.Module):
+    """A pre-norm transformer block (QuickGELU MLP) that mixes the hint feature with its control type's embedding."""
+
+    def __init__(self, width: int, dtype: Any, device: Any, operations: Operations):
+        super().__init__()
+        self.attn = nn.Module()
+        self.attn.in_proj = operations.Linear(width, 3 * width, dtype=dtype, device=device)
+        self.attn.out_proj = operations.Linear(width, width, dtype=dtype, device=device)
+        self.ln_1 = operations.LayerNorm(width, dtype=dtype, device=device)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = operations.Linear(width, 4 * width, dtype=dtype, device=device)
+        self.mlp.c_proj = operations.Linear(4 * width, width, dtype=dtype, device=device)
+        self.ln_2 = operations.LayerNorm(width, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from comfyui_core_nodes.attention import optimized_attention
+
+        q, k, v = self.attn.in_proj(self.ln_1(x)).chunk(3, dim=2)
+        x = x + self.attn.out_proj(optimized_attention(q, k, v, UNION_HEADS))
+        hidden = self.mlp.c_fc(self.ln_2(x))
+        return x + self.mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden))
+
+
 class ControlNetModel(nn.Module):
-    """A copy of the UNet's encoder with a hint encoder and zero convolutions after each block."""
+    """A copy of the UNet's encoder with a hint encoder and zero convolutions after each block; a union ControlNet
+    (``union_types`` kinds of hint) also embeds which kind of hint it is given."""
 
     def __init__(self, config: UNetConfig, hint_channels: int, dtype: Optional[torch.dtype] = None,
-                 device: Any = None, operations: Operations = ops_module.disable_weight_init):
+                 device: Any = None, operations: Operations = ops_module.disable_weight_init,
+                 union_types: Optional[int] = None, union_width: int = 320, union_layers: int = 1):
         super().__init__()
         self.config = config
         self.dtype = dtype if dtype is not None else torch.float32
@@ -57,6 +87,37 @@ class ControlNetModel(nn.Module):
         layers.append(operations.Conv2d(previous, config.model_channels, 3, padding=1, dtype=dtype, device=device))
         self.input_hint_block = TimestepEmbedSequential(*layers)
         self.middle_block_out = self._zero_conv(channels, dtype, device, operations)
+        self.union_types = union_types
+        if union_types is not None:
+            time_embed_dim = config.model_channels * 4
+            self.task_embedding = nn.Parameter(torch.empty(union_types, union_width, dtype=dtype, device=device))
+            self.transformer_layes = nn.Sequential(*(_UnionAttentionBlock(union_width, dtype, device, operations)
+                                                     for _ in range(union_layers)))
+            self.spatial_ch_projs = operations.Linear(union_width, config.model_channels, dtype=dtype, device=device)
+            self.control_add_embedding = nn.Module()
+            self.control_add_embedding.linear_1 = operations.Linear(UNION_TYPE_EMBEDDING * union_types, time_embed_dim,
+                                                                    dtype=dtype, device=device)
+            self.control_add_embedding.linear_2 = operations.Linear(time_embed_dim, time_embed_dim, dtype=dtype,
+                                                                    device=device)
+
+    def _control_type_embedding(self, control_type: list[int], emb: torch.Tensor) -> torch.Tensor:
+        unknown = [kind for kind in control_type if not 0 <= kind < self.union_types]
+        if unknown:
+            names = {index: name for name, index in UNION_CONTROLNET_TYPES.items()}
+            raise ValueError(f"control type {names.get(unknown[0], unknown[0])} is beyond the {self.union_types} kinds "
+                             f"this union ControlNet knows; the ProMax union model knows all "
+                             f"{len(UNION_CONTROLNET_TYPES)}")
+        one_hot = torch.zeros(self.union_types, device=emb.device)
+        one_hot[control_type] = 1.0
+        embedded = timestep_embedding(one_hot, UNION_TYPE_EMBEDDING).to(emb.dtype).reshape(1, -1)
+        embedding = self.control_add_embedding
+        return embedding.linear_2(nn.functional.silu(embedding.linear_1(embedded)))
+
+    def _with_control_type(self, hint_features: torch.Tensor, control_type: int) -> torch.Tensor:
+        """The hint's features shifted per channel by what the transformer makes of their mean and the type."""
+        feature = hint_features.mean(dim=(2, 3)) + self.task_embedding[control_type].to(hint_features)
+        mixed = self.transformer_layes(feature.unsqueeze(1))
+        return hint_features + self.spatial_ch_projs(mixed[:, 0])[:, :, None, None]
 
     @staticmethod
     def _zero_conv(channels: int, dtype: Any, device: Any, operations: Operations) -> TimestepEmbedSequential:
@@ -65,7 +126,15 @@ class ControlNetModel(nn.Module):
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: Optional[torch.Tensor] = None, **kwargs: Any) -> dict[str, list[torch.Tensor]]:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
-        guided_hint: Optional[torch.Tensor] = self.input_hint_block(hint, emb, context)
+        guided_hint: Optional[torch.Tensor]
+        if self.union_types is not None:
+            control_type = list(kwargs.get("control_type", []))
+            emb = emb + self._control_type_embedding(control_type, emb)
+            guided_hint = self.input_hint_block(hint, emb, context)
+            if control_type:
+                guided_hint = self._with_control_type(guided_hint, control_type[0])
+        else:
+            guided_hint = self.input_hint_block(hint, emb, context)
         if hasattr(self, "label_emb"):
             if y is None:
                 raise ValueError("this ControlNet is for SDXL and needs its ADM vector; is it used with an SD1 model?")
@@ -134,6 +203,10 @@ class ControlBase:
             self.vae = vae
         self.extra_concat_orig = list(extra_concat or [])
         return self
+
+    def set_extra_arg(self, name: str, value: Any = None) -> None:
+        """An argument passed on to the control model (a union ControlNet's ``control_type``)."""
+        self.extra_args[name] = value
 
     def set_previous_controlnet(self, controlnet: Optional["ControlBase"]) -> "ControlBase":
         self.previous_controlnet = controlnet
@@ -609,9 +682,13 @@ def load_controlnet_state_dict(sd: dict[str, torch.Tensor], model: Any = None, m
         weight_dtype=next(iter(weights.values())).dtype)
     load_device = model_management.get_torch_device()
     manual_cast = model_management.unet_manual_cast(dtype, load_device)
+    union = {}
+    if "task_embedding" in weights:
+        union = {"union_types": weights["task_embedding"].shape[0], "union_width": weights["task_embedding"].shape[1],
+                 "union_layers": _count_children(weights, "transformer_layes.")}
     with torch.device("meta"):
         control_model = ControlNetModel(config.unet, weights["input_hint_block.0.weight"].shape[1], dtype=dtype,
-                                        operations=ops_module.pick_operations(dtype, manual_cast))
+                                        operations=ops_module.pick_operations(dtype, manual_cast), **union)
     load_into(control_model, weights, dtype, what=f"{ckpt_name or 'ControlNet'}")
     control_model.eval()
     global_average_pooling = model_options.get("global_average_pooling", False)

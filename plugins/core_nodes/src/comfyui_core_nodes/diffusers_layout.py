@@ -17,6 +17,8 @@ from comfyui_core_nodes.lora import unet_to_diffusers
 
 logger = logging.getLogger(__name__)
 
+UNION_PARTS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
+
 
 def _count(keys: Any, prefix: str) -> int:
     """How many numbered children ``prefix<N>.`` the keys have."""
@@ -100,7 +102,11 @@ def controlnet_to_ldm(sd: Mapping[str, Any], what: str = "ControlNet") -> dict[s
     for index in range(blocks):
         module_map[f"controlnet_cond_embedding.blocks.{index}"] = f"input_hint_block.{2 * (index + 1)}"
     module_map["controlnet_cond_embedding.conv_out"] = f"input_hint_block.{2 * (blocks + 1)}"
-    return _rename(sd, module_map, what)
+    renamed = _rename({key: value for key, value in sd.items() if not key.startswith(UNION_PARTS)}, module_map, what)
+    # A union ControlNet's own parts keep their names, but for the attention's packed input projection.
+    renamed.update({key.replace(".attn.in_proj_", ".attn.in_proj."): value
+                    for key, value in sd.items() if key.startswith(UNION_PARTS)})
+    return renamed
 
 
 def is_diffusers_t2i_adapter(sd: Mapping[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""ControlNet apply nodes: attach a ControlNet / T2I-Adapter with its hint image to conditionings."""
+"""ControlNet nodes: attach a ControlNet / T2I-Adapter with its hint image to conditionings; set a union
+ControlNet's kind of hint."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
@@ -7,6 +8,11 @@ if TYPE_CHECKING:
     import torch
 
 Conditioning = list[list[Any]]
+
+# xinsir's union ControlNets: the kinds of hint SetUnionControlNetType offers, each one's index in the file's task
+# embedding (the first six are the original union model's, all eight the ProMax model's).
+UNION_CONTROLNET_TYPES = {"openpose": 0, "depth": 1, "hed/pidi/scribble/ted": 2,
+                          "canny/lineart/anime_lineart/mlsd": 3, "normal": 4, "segment": 5, "tile": 6, "repaint": 7}
 
 
 class ControlNetApply:
@@ -82,9 +88,28 @@ class ControlNetApplyAdvanced:
         return outputs[0], outputs[1]
 
 
+class SetUnionControlNetType:
+    """Tells a union ControlNet what kind of hint it gets ("auto": let it work that out)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"control_net": ("CONTROL_NET",), "type": (["auto"] + list(UNION_CONTROLNET_TYPES),)}}
+
+    CATEGORY = "conditioning/controlnet"
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "set_controlnet_type"
+
+    def set_controlnet_type(self, control_net: Any, type: str) -> tuple[Any]:
+        control_net = control_net.copy()
+        control_net.set_extra_arg("control_type", [UNION_CONTROLNET_TYPES[type]] if type in UNION_CONTROLNET_TYPES
+                                  else [])
+        return (control_net,)
+
+
 NODE_CLASS_MAPPINGS = {
     "ControlNetApply": ControlNetApply,
     "ControlNetApplyAdvanced": ControlNetApplyAdvanced,
+    "SetUnionControlNetType": SetUnionControlNetType,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
