@@ -174,6 +174,13 @@ async def test_workflows_upscale_like_spandrel_and_object_info_is_comfyuis(base)
                 expected = (spandrel_upscale(base, name, loaded)[0].numpy() * 255).clip(0, 255).astype(np.int16)
                 assert np.abs(ours - expected).max() <= 1, name
                 assert expected.std() > 10, name  # the random model's output is not flat
+            # A tall image is upscaled in two tiles, each a step of the node's progress.
+            Image.fromarray(np.zeros((600, 24, 3), dtype=np.uint8)).save(base / "input" / "tall.png")
+            task = client.queue_with_progress(upscale_prompt("realesr-general-x4v3.pth", "tall.png"))
+            progress = [note.data for note in [n async for n in task.progress()] if note.event == "progress"]
+            await task
+            assert [(entry["value"], entry["max"]) for entry in progress if entry["node"] == "upscale"] == [
+                (1, 2), (2, 2)]
             with pytest.raises(PromptExecutionError, match="sd_vae.safetensors is not an upscale model"):
                 await client.queue_prompt(upscale_prompt("sd_vae.safetensors", "small.png"))
             with pytest.raises(PromptExecutionError, match="big-lama.pth is a LaMa model for inpainting, not a "

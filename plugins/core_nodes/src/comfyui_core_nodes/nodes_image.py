@@ -464,8 +464,8 @@ class ImageUpscaleWithModel(io.ComfyNode):
             raise ValueError(f"This {upscale_model.architecture.name} upscale model takes images with "
                              f"{upscale_model.input_channels} channels; the image has {image.shape[-1]}")
         device = model_management.get_torch_device()
-        # The weights, the image, and ComfyUI's rough allowance for one tile's activations
-        # (384 values per output value of a 512-pixel RGB tile).
+        # The weights, the image, and ComfyUI's rough allowance for one tile's activations: 384 times a
+        # 512-pixel RGB tile's bytes, times the scale.
         tile_activations = UPSCALE_TILE ** 2 * 3 * image.element_size() * max(upscale_model.scale, 1.0) * 384.0
         model_management.free_memory(model_management.module_size(upscale_model.model) + tile_activations
                                      + image.nelement() * image.element_size(), device)
