@@ -229,8 +229,8 @@ OBJECT_INFO = {
     "ConditioningSetTimestepRange": {"category": "advanced/conditioning"},
     "unCLIPConditioning": {"category": "conditioning", "display_name": "unCLIPConditioning"},
     "CLIPVisionLoader": {"category": "loaders", "output": ["CLIP_VISION"]},
-    "CLIPVisionEncode": {"input": {"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"]},
-                                   "optional": {"crop": [["center", "none"], {"default": "center"}]}}},
+    "CLIPVisionEncode": {"input": {"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"],
+                                                "crop": [["center", "none"]]}}},
     "CLIPTextEncodeSDXL": {
         "category": "advanced/conditioning", "python_module": "comfy_extras.nodes_clip_sdxl",
         "input_order": {"required": ["clip", "width", "height", "crop_w", "crop_h", "target_width",

@@ -11,7 +11,7 @@ from comfyui_core_nodes.model_sampling import model_sampling
 from comfyui_samplers import k_sampling
 from comfyui_samplers.schedulers import SCHEDULER_NAMES, UnknownSchedulerError, calculate_sigmas
 
-COMFYUI_SCHEDULER_NAMES = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta",
+COMFYUI_SCHEDULER_NAMES = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
                            "linear_quadratic", "kl_optimal"]
 
 

@@ -392,14 +392,13 @@ class ConditioningSetTimestepRange:
 class CLIPVisionEncode:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",)},
-                "optional": {"crop": (["center", "none"], {"default": "center"})}}
+        return {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",), "crop": (["center", "none"],)}}
 
     RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
     FUNCTION = "encode"
     CATEGORY = "conditioning"
 
-    def encode(self, clip_vision, image: torch.Tensor, crop: str = "center") -> tuple:
+    def encode(self, clip_vision, image: torch.Tensor, crop: str) -> tuple:
         return (clip_vision.encode_image(image, crop=crop == "center"),)
 
 

@@ -90,6 +90,7 @@ class ControlNetApplyAdvanced:
 
 class SetUnionControlNetType:
     """Tells a union ControlNet what kind of hint it gets ("auto": let it work that out)."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_controlnet"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

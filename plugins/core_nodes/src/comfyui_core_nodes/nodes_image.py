@@ -268,10 +268,13 @@ class ImageScaleBy:
 
 
 class ImageScaleToTotalPixels(io.ComfyNode):
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_post_processing"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="ImageScaleToTotalPixels", display_name="Scale Image to Total Pixels", category="image/upscaling",
+            # No display name: ComfyUI's schema gives none, so the frontend shows the id.
+            node_id="ImageScaleToTotalPixels", category="image/upscaling",
             inputs=[io.Image.Input("image"), io.Combo.Input("upscale_method", options=UPSCALE_METHODS),
                     io.Float.Input("megapixels", default=1.0, min=0.01, max=16.0, step=0.01),
                     io.Int.Input("resolution_steps", default=1, min=1, max=256, optional=True)],
@@ -378,6 +381,8 @@ class ImagePadForOutpaint:
 
 
 class ImageCrop(io.ComfyNode):
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_images"
+
     @classmethod
     def define_schema(cls):
         return io.Schema(

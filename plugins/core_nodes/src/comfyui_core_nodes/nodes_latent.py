@@ -17,6 +17,9 @@ def _position(maximum: int = MAX_RESOLUTION, default: int = 0, minimum: int = 0)
     return {"default": default, "min": minimum, "max": maximum, "step": 8}
 
 
+_TEMPORAL_OVERLAP_TOOLTIP = "Only used for video VAEs: Amount of frames to overlap."
+
+
 def _require_vae(vae: Any) -> Any:
     if vae is None:
         raise ValueError("No VAE: the checkpoint this comes from holds none; load one with a VAELoader node")
@@ -26,13 +29,19 @@ def _require_vae(vae: Any) -> Any:
 class EmptyLatentImage:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"width": ("INT", _position(default=512, minimum=16)),
-                             "height": ("INT", _position(default=512, minimum=16)),
-                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}
+        return {"required": {
+            "width": ("INT", {**_position(default=512, minimum=16),
+                              "tooltip": "The width of the latent images in pixels."}),
+            "height": ("INT", {**_position(default=512, minimum=16),
+                               "tooltip": "The height of the latent images in pixels."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096,
+                                   "tooltip": "The number of latent images in the batch."})}}
 
     RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The empty latent image batch.",)
     FUNCTION = "generate"
     CATEGORY = "latent"
+    DESCRIPTION = "Create a new batch of empty latent images to be denoised via sampling."
 
     def generate(self, width: int, height: int, batch_size: int = 1) -> tuple[Latent]:
         import torch
@@ -296,11 +305,14 @@ class SetLatentNoiseMask:
 class VAEDecode:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}
+        return {"required": {"samples": ("LATENT", {"tooltip": "The latent to be decoded."}),
+                             "vae": ("VAE", {"tooltip": "The VAE model used for decoding the latent."})}}
 
     RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The decoded image.",)
     FUNCTION = "decode"
     CATEGORY = "latent"
+    DESCRIPTION = "Decodes latent images back into pixel space images."
 
     def decode(self, vae: Any, samples: Latent) -> tuple[torch.Tensor]:
         return (_require_vae(vae).decode(samples["samples"]),)
@@ -312,8 +324,11 @@ class VAEDecodeTiled:
         return {"required": {"samples": ("LATENT",), "vae": ("VAE",),
                              "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
                              "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-                             "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
-                             "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4})}}
+                             "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                                       "tooltip": "Only used for video VAEs: Amount of frames to "
+                                                                  "decode at a time."}),
+                             "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                                          "tooltip": _TEMPORAL_OVERLAP_TOOLTIP})}}
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "decode"
@@ -348,8 +363,11 @@ class VAEEncodeTiled:
         return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",),
                              "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64}),
                              "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-                             "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4}),
-                             "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4})}}
+                             "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                                       "tooltip": "Only used for video VAEs: Amount of frames to "
+                                                                  "encode at a time."}),
+                             "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                                          "tooltip": _TEMPORAL_OVERLAP_TOOLTIP})}}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "encode"

@@ -41,11 +41,15 @@ def _weight_dtype_options(weight_dtype: str) -> dict[str, Any]:
 class CheckpointLoaderSimple:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"ckpt_name": (_filenames("checkpoints"),)}}
+        return {"required": {"ckpt_name": (_filenames("checkpoints"),
+                                           {"tooltip": "The name of the checkpoint (model) to load."})}}
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = ("The model used for denoising latents.", "The CLIP model used for encoding text prompts.",
+                       "The VAE model used for encoding and decoding images to and from latent space.")
     FUNCTION = "load_checkpoint"
     CATEGORY = "loaders"
+    DESCRIPTION = "Loads a diffusion model checkpoint, diffusion models are used to denoise latents."
 
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
         from comfyui_core_nodes import sd
@@ -132,13 +136,22 @@ class LoraLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"model": ("MODEL",), "clip": ("CLIP",), "lora_name": (_filenames("loras"),),
-                             "strength_model": ("FLOAT", dict(FLOAT_STRENGTH)),
-                             "strength_clip": ("FLOAT", dict(FLOAT_STRENGTH))}}
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model the LoRA will be applied to."}),
+            "clip": ("CLIP", {"tooltip": "The CLIP model the LoRA will be applied to."}),
+            "lora_name": (_filenames("loras"), {"tooltip": "The name of the LoRA."}),
+            "strength_model": ("FLOAT", {**FLOAT_STRENGTH, "tooltip": "How strongly to modify the diffusion model. "
+                                                                     "This value can be negative."}),
+            "strength_clip": ("FLOAT", {**FLOAT_STRENGTH, "tooltip": "How strongly to modify the CLIP model. "
+                                                                    "This value can be negative."})}}
 
     RETURN_TYPES = ("MODEL", "CLIP")
+    # LoraLoaderModelOnly inherits both tooltips and the description, as in ComfyUI.
+    OUTPUT_TOOLTIPS = ("The modified diffusion model.", "The modified CLIP model.")
     FUNCTION = "load_lora"
     CATEGORY = "loaders"
+    DESCRIPTION = ("LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are "
+                   "denoised such as applying styles. Multiple LoRA nodes can be linked together.")
 
     def _read(self, lora_name: str) -> dict[str, torch.Tensor]:
         from comfyui_core_nodes.loading import load_torch_file

@@ -57,12 +57,17 @@ def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, m
     return destination
 
 
+class _MaskNode(io.ComfyNode):
+    """The mask nodes, which ComfyUI defines in comfy_extras/nodes_mask.py; /object_info names that module."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_mask"
+
+
 def _position_inputs(step: int) -> list:
     return [io.Int.Input("x", default=0, min=0, max=MAX_RESOLUTION, step=step),
             io.Int.Input("y", default=0, min=0, max=MAX_RESOLUTION, step=step)]
 
 
-class LatentCompositeMasked(io.ComfyNode):
+class LatentCompositeMasked(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -92,7 +97,7 @@ def _alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.T
     return destination, source
 
 
-class ImageCompositeMasked(io.ComfyNode):
+class ImageCompositeMasked(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -108,7 +113,7 @@ class ImageCompositeMasked(io.ComfyNode):
         return io.NodeOutput(output.movedim(1, -1))
 
 
-class MaskToImage(io.ComfyNode):
+class MaskToImage(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="MaskToImage", search_aliases=["convert mask"], display_name="Convert Mask to Image",
@@ -119,7 +124,7 @@ class MaskToImage(io.ComfyNode):
         return io.NodeOutput(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).movedim(1, -1).expand(-1, -1, -1, 3))
 
 
-class ImageToMask(io.ComfyNode):
+class ImageToMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="ImageToMask", search_aliases=["extract channel", "channel to mask"],
@@ -132,7 +137,7 @@ class ImageToMask(io.ComfyNode):
         return io.NodeOutput(image[:, :, :, CHANNELS.index(channel)])
 
 
-class ImageColorToMask(io.ComfyNode):
+class ImageColorToMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="ImageColorToMask", search_aliases=["color keying", "chroma key"], category="mask",
@@ -150,7 +155,7 @@ class ImageColorToMask(io.ComfyNode):
         return io.NodeOutput(torch.where(packed == color, 1.0, 0).float())
 
 
-class SolidMask(io.ComfyNode):
+class SolidMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SolidMask", category="mask",
@@ -166,7 +171,7 @@ class SolidMask(io.ComfyNode):
         return io.NodeOutput(torch.full((1, height, width), value, dtype=torch.float32, device="cpu"))
 
 
-class InvertMask(io.ComfyNode):
+class InvertMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="InvertMask", search_aliases=["reverse mask", "flip mask"], category="mask",
@@ -177,7 +182,7 @@ class InvertMask(io.ComfyNode):
         return io.NodeOutput(1.0 - mask)
 
 
-class CropMask(io.ComfyNode):
+class CropMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="CropMask", search_aliases=["cut mask", "extract mask region", "mask slice"],
@@ -203,7 +208,7 @@ _MASK_OPERATIONS = {
 }
 
 
-class MaskComposite(io.ComfyNode):
+class MaskComposite(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="MaskComposite", search_aliases=["combine masks", "blend masks", "layer masks"],
@@ -225,7 +230,7 @@ class MaskComposite(io.ComfyNode):
         return io.NodeOutput(torch.clamp(output, 0.0, 1.0))
 
 
-class FeatherMask(io.ComfyNode):
+class FeatherMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         def side(name):
@@ -254,7 +259,7 @@ class FeatherMask(io.ComfyNode):
         return io.NodeOutput(output)
 
 
-class GrowMask(io.ComfyNode):
+class GrowMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="GrowMask", search_aliases=["expand mask", "shrink mask"], display_name="Grow Mask",
@@ -281,7 +286,7 @@ class GrowMask(io.ComfyNode):
         return io.NodeOutput(output.squeeze(1))
 
 
-class ThresholdMask(io.ComfyNode):
+class ThresholdMask(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="ThresholdMask", search_aliases=["binary mask"], category="mask",
@@ -294,7 +299,7 @@ class ThresholdMask(io.ComfyNode):
         return io.NodeOutput((mask > value).float())
 
 
-class MaskPreview(io.ComfyNode):
+class MaskPreview(_MaskNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="MaskPreview", search_aliases=["show mask", "view mask", "inspect mask", "debug mask"],
@@ -309,7 +314,7 @@ class MaskPreview(io.ComfyNode):
         return io.NodeOutput(ui=PreviewImage().save_images(image, "ComfyUI")["ui"])
 
 
-MASK_NODES: list[type[io.ComfyNode]] = [
+MASK_NODES: list[type[_MaskNode]] = [
     LatentCompositeMasked, ImageCompositeMasked, MaskToImage, ImageToMask, ImageColorToMask, SolidMask, InvertMask,
     CropMask, MaskComposite, FeatherMask, GrowMask, ThresholdMask, MaskPreview,
 ]

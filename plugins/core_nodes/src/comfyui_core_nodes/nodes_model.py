@@ -29,6 +29,7 @@ def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tenso
 
 class FreeU_V2:
     """FreeU v2: boosts backbone features and damps skip connections' low frequencies in the decoder."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_freelunch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -70,6 +71,8 @@ class FreeU_V2:
 
 
 class ModelSamplingDiscrete:
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_model_advanced"
+
     SAMPLING = ["eps", "v_prediction", "lcm", "x0", "img_to_img"]
 
     @classmethod
@@ -94,6 +97,7 @@ class ModelSamplingDiscrete:
 
 class RescaleCFG:
     """CFG rescaled to the conditional prediction's standard deviation (for v-prediction models)."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_model_advanced"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -136,6 +140,8 @@ def _merge(model1: Any, model2: Any, ratio_for: Callable[[str], float]) -> Any:
 
 
 class ModelMergeSimple:
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_model_merging"
+
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {"model1": ("MODEL",), "model2": ("MODEL",), "ratio": ("FLOAT", dict(RATIO))}}
@@ -150,6 +156,7 @@ class ModelMergeSimple:
 
 class ModelMergeBlocks:
     """A ratio per block group: keys starting with the longest matching input name use its ratio."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_model_merging"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -172,6 +179,7 @@ class ModelMergeBlocks:
 
 class CheckpointSave:
     """Saves the model, text encoders and VAE as one .safetensors checkpoint under the output folder."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_model_merging"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -16,7 +16,8 @@ KSAMPLER_NAMES: list[str] = [
 ]
 SAMPLER_NAMES: list[str] = KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"]
 
-SCHEDULER_NAMES: list[str] = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta",
-                              "linear_quadratic", "kl_optimal"]
+# ComfyUI's order, which the frontend shows; a new KSampler starts on the first.
+SCHEDULER_NAMES: list[str] = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
+                              "normal", "linear_quadratic", "kl_optimal"]
 
 __all__ = ["KSAMPLER_NAMES", "SAMPLER_NAMES", "SCHEDULER_NAMES"]

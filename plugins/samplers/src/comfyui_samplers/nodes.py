@@ -106,12 +106,18 @@ GUIDERS_CATEGORY = "sampling/custom_sampling/guiders"
 NOISE_CATEGORY = "sampling/custom_sampling/noise"
 
 
+class _CustomSamplingNode(io.ComfyNode):
+    """The custom-sampling nodes, which ComfyUI defines in comfy_extras/nodes_custom_sampler.py; /object_info
+    names that module."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_custom_sampler"
+
+
 def _sigma_range_inputs() -> list:
     return [io.Float.Input("sigma_max", default=SIGMA_MAX_DEFAULT, min=0.0, max=5000.0, step=0.01, round=False),
             io.Float.Input("sigma_min", default=SIGMA_MIN_DEFAULT, min=0.0, max=5000.0, step=0.01, round=False)]
 
 
-class BasicScheduler(io.ComfyNode):
+class BasicScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -136,7 +142,7 @@ class BasicScheduler(io.ComfyNode):
         return io.NodeOutput(sigmas[-(steps + 1):])
 
 
-class KarrasScheduler(io.ComfyNode):
+class KarrasScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -152,7 +158,7 @@ class KarrasScheduler(io.ComfyNode):
         return io.NodeOutput(k_sampling.get_sigmas_karras(n=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho))
 
 
-class ExponentialScheduler(io.ComfyNode):
+class ExponentialScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -167,7 +173,7 @@ class ExponentialScheduler(io.ComfyNode):
         return io.NodeOutput(k_sampling.get_sigmas_exponential(n=steps, sigma_min=sigma_min, sigma_max=sigma_max))
 
 
-class PolyexponentialScheduler(io.ComfyNode):
+class PolyexponentialScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -184,7 +190,7 @@ class PolyexponentialScheduler(io.ComfyNode):
                                                                    rho=rho))
 
 
-class LaplaceScheduler(io.ComfyNode):
+class LaplaceScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -202,7 +208,7 @@ class LaplaceScheduler(io.ComfyNode):
                                                            beta=beta))
 
 
-class SDTurboScheduler(io.ComfyNode):
+class SDTurboScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -222,7 +228,7 @@ class SDTurboScheduler(io.ComfyNode):
         return io.NodeOutput(torch.cat([sigmas, sigmas.new_zeros([1])]))
 
 
-class BetaSamplingScheduler(io.ComfyNode):
+class BetaSamplingScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -239,7 +245,7 @@ class BetaSamplingScheduler(io.ComfyNode):
         return io.NodeOutput(beta_scheduler(model.get_model_object("model_sampling"), steps, alpha=alpha, beta=beta))
 
 
-class VPScheduler(io.ComfyNode):
+class VPScheduler(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -259,7 +265,7 @@ class VPScheduler(io.ComfyNode):
 
 # --- sigma tools --------------------------------------------------------------------------------
 
-class SplitSigmas(io.ComfyNode):
+class SplitSigmas(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -272,7 +278,7 @@ class SplitSigmas(io.ComfyNode):
         return io.NodeOutput(sigmas[:step + 1], sigmas[step:])
 
 
-class SplitSigmasDenoise(io.ComfyNode):
+class SplitSigmasDenoise(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -286,7 +292,7 @@ class SplitSigmasDenoise(io.ComfyNode):
         return io.NodeOutput(sigmas[:-total_steps], sigmas[-(total_steps + 1):])
 
 
-class FlipSigmas(io.ComfyNode):
+class FlipSigmas(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="FlipSigmas", category=SIGMAS_CATEGORY, inputs=[io.Sigmas.Input("sigmas")],
@@ -303,7 +309,7 @@ class FlipSigmas(io.ComfyNode):
         return io.NodeOutput(sigmas)
 
 
-class SetFirstSigma(io.ComfyNode):
+class SetFirstSigma(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -323,7 +329,7 @@ _SPACINGS = {"linear": lambda x: x, "cosine": lambda x: (x * math.pi / 2).sin(),
              "sine": lambda x: 1 - (x * math.pi / 2).cos()}
 
 
-class ExtendIntermediateSigmas(io.ComfyNode):
+class ExtendIntermediateSigmas(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -351,7 +357,7 @@ class ExtendIntermediateSigmas(io.ComfyNode):
         return io.NodeOutput(torch.FloatTensor(extended))
 
 
-class SamplingPercentToSigma(io.ComfyNode):
+class SamplingPercentToSigma(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -374,7 +380,7 @@ class SamplingPercentToSigma(io.ComfyNode):
         return io.NodeOutput(sigma)
 
 
-class ManualSigmas(io.ComfyNode):
+class ManualSigmas(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -391,7 +397,7 @@ class ManualSigmas(io.ComfyNode):
 
 # --- samplers -----------------------------------------------------------------------------------
 
-class KSamplerSelect(io.ComfyNode):
+class KSamplerSelect(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="KSamplerSelect", category=SAMPLERS_CATEGORY,
@@ -425,7 +431,7 @@ def _by_device(name: str, noise_device: str) -> str:
     return name if noise_device == "cpu" else f"{name}_gpu"
 
 
-class SamplerDPMPP_3M_SDE(io.ComfyNode):
+class SamplerDPMPP_3M_SDE(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerDPMPP_3M_SDE", category=SAMPLERS_CATEGORY,
@@ -436,7 +442,7 @@ class SamplerDPMPP_3M_SDE(io.ComfyNode):
         return io.NodeOutput(_ksampler(_by_device("dpmpp_3m_sde", noise_device), {"eta": eta, "s_noise": s_noise}))
 
 
-class SamplerDPMPP_2M_SDE(io.ComfyNode):
+class SamplerDPMPP_2M_SDE(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerDPMPP_2M_SDE", category=SAMPLERS_CATEGORY,
@@ -450,7 +456,7 @@ class SamplerDPMPP_2M_SDE(io.ComfyNode):
                                                {"eta": eta, "s_noise": s_noise, "solver_type": solver_type}))
 
 
-class SamplerDPMPP_SDE(io.ComfyNode):
+class SamplerDPMPP_SDE(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerDPMPP_SDE", category=SAMPLERS_CATEGORY,
@@ -465,7 +471,7 @@ class SamplerDPMPP_SDE(io.ComfyNode):
                                                {"eta": eta, "s_noise": s_noise, "r": r}))
 
 
-class SamplerDPMPP_2S_Ancestral(io.ComfyNode):
+class SamplerDPMPP_2S_Ancestral(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerDPMPP_2S_Ancestral", category=SAMPLERS_CATEGORY,
@@ -476,7 +482,7 @@ class SamplerDPMPP_2S_Ancestral(io.ComfyNode):
         return io.NodeOutput(_ksampler("dpmpp_2s_ancestral", {"eta": eta, "s_noise": s_noise}))
 
 
-class SamplerEulerAncestral(io.ComfyNode):
+class SamplerEulerAncestral(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerEulerAncestral", category=SAMPLERS_CATEGORY,
@@ -487,7 +493,7 @@ class SamplerEulerAncestral(io.ComfyNode):
         return io.NodeOutput(_ksampler("euler_ancestral", {"eta": eta, "s_noise": s_noise}))
 
 
-class SamplerEulerAncestralCFGPP(io.ComfyNode):
+class SamplerEulerAncestralCFGPP(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerEulerAncestralCFGPP", display_name="SamplerEulerAncestralCFG++",
@@ -499,7 +505,7 @@ class SamplerEulerAncestralCFGPP(io.ComfyNode):
         return io.NodeOutput(_ksampler("euler_ancestral_cfg_pp", {"eta": eta, "s_noise": s_noise}))
 
 
-class SamplerLMS(io.ComfyNode):
+class SamplerLMS(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="SamplerLMS", category=SAMPLERS_CATEGORY,
@@ -510,7 +516,7 @@ class SamplerLMS(io.ComfyNode):
         return io.NodeOutput(_ksampler("lms", {"order": order}))
 
 
-class SamplerDPMAdaptative(io.ComfyNode):
+class SamplerDPMAdaptative(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         def number(name, default):
@@ -530,7 +536,7 @@ class SamplerDPMAdaptative(io.ComfyNode):
             "dcoeff": dcoeff, "accept_safety": accept_safety, "eta": eta, "s_noise": s_noise}))
 
 
-class SamplerER_SDE(io.ComfyNode):
+class SamplerER_SDE(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -555,7 +561,7 @@ class SamplerER_SDE(io.ComfyNode):
                                                           "max_stage": max_stage}))
 
 
-class SamplerSASolver(io.ComfyNode):
+class SamplerSASolver(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -583,7 +589,7 @@ class SamplerSASolver(io.ComfyNode):
             "corrector_order": corrector_order, "use_pece": use_pece, "simple_order_2": simple_order_2}))
 
 
-class SamplerSEEDS2(io.ComfyNode):
+class SamplerSEEDS2(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -608,7 +614,7 @@ class SamplerSEEDS2(io.ComfyNode):
 
 # --- noise and guiders ---------------------------------------------------------------------------
 
-class RandomNoise(io.ComfyNode):
+class RandomNoise(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="RandomNoise", category=NOISE_CATEGORY,
@@ -620,7 +626,7 @@ class RandomNoise(io.ComfyNode):
         return io.NodeOutput(Noise_RandomNoise(noise_seed))
 
 
-class DisableNoise(io.ComfyNode):
+class DisableNoise(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="DisableNoise", search_aliases=["zero noise"], category=NOISE_CATEGORY, inputs=[],
@@ -631,7 +637,7 @@ class DisableNoise(io.ComfyNode):
         return io.NodeOutput(Noise_EmptyNoise())
 
 
-class BasicGuider(io.ComfyNode):
+class BasicGuider(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="BasicGuider", category=GUIDERS_CATEGORY,
@@ -647,7 +653,7 @@ class BasicGuider(io.ComfyNode):
         return io.NodeOutput(guider)
 
 
-class CFGGuider(io.ComfyNode):
+class CFGGuider(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="CFGGuider", category=GUIDERS_CATEGORY,
@@ -666,7 +672,7 @@ class CFGGuider(io.ComfyNode):
         return io.NodeOutput(guider)
 
 
-class DualCFGGuider(io.ComfyNode):
+class DualCFGGuider(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -675,11 +681,11 @@ class DualCFGGuider(io.ComfyNode):
                     io.Conditioning.Input("negative"),
                     io.Float.Input("cfg_conds", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
                     io.Float.Input("cfg_cond2_negative", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                    io.Combo.Input("style", options=["regular", "nested"], optional=True, default="regular")],
+                    io.Combo.Input("style", options=["regular", "nested"])],
             outputs=[io.Guider.Output()])
 
     @classmethod
-    def execute(cls, model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, style="regular") -> io.NodeOutput:
+    def execute(cls, model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, style) -> io.NodeOutput:
         from comfyui_samplers import guidance
 
         guider = guidance.Guider_DualCFG(model)
@@ -703,7 +709,7 @@ def _latent_outputs():
     return [io.Latent.Output(display_name="output"), io.Latent.Output(display_name="denoised_output")]
 
 
-class SamplerCustom(io.ComfyNode):
+class SamplerCustom(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -731,7 +737,7 @@ class SamplerCustom(io.ComfyNode):
         return io.NodeOutput(out, _denoised_output(model, latent, out, x0_output))
 
 
-class SamplerCustomAdvanced(io.ComfyNode):
+class SamplerCustomAdvanced(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -755,7 +761,7 @@ class SamplerCustomAdvanced(io.ComfyNode):
         return io.NodeOutput(out, _denoised_output(guider.model_patcher, latent, out, x0_output))
 
 
-class AddNoise(io.ComfyNode):
+class AddNoise(_CustomSamplingNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -781,7 +787,7 @@ class AddNoise(io.ComfyNode):
         return io.NodeOutput(dict(latent_image, samples=noisy))
 
 
-CUSTOM_SAMPLING_NODES: list[type[io.ComfyNode]] = [
+CUSTOM_SAMPLING_NODES: list[type[_CustomSamplingNode]] = [
     SamplerCustom, BasicScheduler, KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler, LaplaceScheduler,
     VPScheduler, BetaSamplingScheduler, SDTurboScheduler, KSamplerSelect, SamplerEulerAncestral,
     SamplerEulerAncestralCFGPP, SamplerLMS, SamplerDPMPP_3M_SDE, SamplerDPMPP_2M_SDE, SamplerDPMPP_SDE,
