@@ -53,10 +53,11 @@ LONGER_OPTIONS: dict[tuple[str, str], str] = {
 
 @pytest.fixture(scope="module")
 def our_object_info(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """What our /object_info serves for the core_nodes and samplers plugins' node types (no custom nodes)."""
     from comfy import paths, paths_plugin
-    from comfy.nodes import registry as node_registry
     from comfy.nodes.object_info import object_info
-    from comfy.plugins import create_plugin_manager, set_plugin_manager
+    from comfy.nodes.registry import NodeRegistry
+    from comfy.plugins import collect, create_plugin_manager, set_plugin_manager
     from comfyui_core_nodes import plugin as core_plugin
     from comfyui_samplers import plugin as samplers_plugin
 
@@ -66,13 +67,14 @@ def our_object_info(tmp_path_factory) -> Iterator[dict[str, Any]]:
     pm.register(samplers_plugin, "samplers")
     set_plugin_manager(pm)
     paths.set_state(paths.FolderPaths.for_bases(str(tmp_path_factory.mktemp("empty_base"))))
+    registry = NodeRegistry()
+    collect(pm, "comfyui_register_nodes", registry.register)
     try:
         # Through JSON, as the frontend gets it: tuples become lists.
-        yield json.loads(json.dumps(object_info(node_registry.build_node_registry(pm))))
+        yield json.loads(json.dumps(object_info(registry)))
     finally:
         set_plugin_manager(None)
         paths.set_state(None)
-        node_registry.set_current(None)
 
 
 def canonical_input(spec: Any) -> Any:
