@@ -49,6 +49,10 @@ SETTINGS = json.loads((DATA / "settings.json").read_text(encoding="utf-8"))
 TOKENS = json.loads((DATA / "tokens.json").read_text(encoding="utf-8"))
 FAMILIES = ("sd1", "sdxl")
 MIN_PSNR = 40.0
+# Cases of the fork's reference that upstream ComfyUI contradicts: test_upstream_parity.py checks them against an
+# installed upstream ComfyUI instead. The fork's LoRA image is not what upstream makes of the same weights and LoRA
+# (ours is bit-identical to upstream's on a full-size SD1.5 with a kohya LoRA: sd15_lora).
+CONTRADICTED_BY_UPSTREAM = {"sd1_lora"}
 
 
 @cache
@@ -388,6 +392,8 @@ async def test_workflows_give_comfyuis_images(checkpoints, attention, data):
     try:
         async with parity_comfy(checkpoints, **options) as client:
             for case in SETTINGS["workflows"]["cases"]:
+                if case["name"] in CONTRADICTED_BY_UPSTREAM:
+                    continue
                 outputs = await client.queue_prompt(workflow(case))
                 shown = outputs["latent_out"]
                 latent = torch.tensor(shown["values"]).reshape(shown["shape"])
