@@ -423,6 +423,37 @@ class unCLIPConditioning:
         return (set_values(conditioning, {"unclip_conditioning": [entry]}, append=True),)
 
 
+class InpaintModelConditioning:
+    """Conditions an inpainting model on the masked image (the model's extra input channels) and returns the
+    latent of the whole image, with the mask as its noise mask unless ``noise_mask`` is off."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "vae": ("VAE",),
+                             "pixels": ("IMAGE",), "mask": ("MASK",),
+                             "noise_mask": ("BOOLEAN", {"default": True, "tooltip": (
+                                 "Add a noise mask to the latent so sampling will only happen within the mask. "
+                                 "Might improve results or completely break things depending on the model.")})}}
+
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    FUNCTION = "encode"
+    CATEGORY = "conditioning/inpaint"
+
+    def encode(self, positive: Conditioning, negative: Conditioning, pixels: torch.Tensor, vae: Any,
+               mask: torch.Tensor, noise_mask: bool = True) -> tuple[Conditioning, Conditioning, dict]:
+        from comfyui_core_nodes.nodes_latent import inpaint_pixels
+
+        # ComfyUI crops to multiples of 8 whatever the VAE, and encodes the uncropped image for the latent.
+        masked, mask = inpaint_pixels(pixels, mask, 8)
+        masked_latent = vae.encode(masked)
+        latent = {"samples": vae.encode(pixels)}
+        if noise_mask:
+            latent["noise_mask"] = mask
+        values = {"concat_latent_image": masked_latent, "concat_mask": mask}
+        return set_values(positive, values), set_values(negative, values), latent
+
+
 NODE_CLASS_MAPPINGS = {
     "CLIPTextEncode": CLIPTextEncode,
     "CLIPTextEncodeSDXL": CLIPTextEncodeSDXL,
@@ -441,6 +472,7 @@ NODE_CLASS_MAPPINGS = {
     "ConditioningSetMask": ConditioningSetMask,
     "ConditioningZeroOut": ConditioningZeroOut,
     "ConditioningSetTimestepRange": ConditioningSetTimestepRange,
+    "InpaintModelConditioning": InpaintModelConditioning,
 }
 
 # ComfyUI's display names; ConditioningAverage has none there (its entry's key has a trailing space).

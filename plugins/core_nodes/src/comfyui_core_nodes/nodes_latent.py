@@ -393,15 +393,8 @@ class VAEEncodeForInpaint:
         import torch
 
         vae = _require_vae(vae)
-        ratio = vae.spacial_compression_encode()
-        height, width = (pixels.shape[1] // ratio) * ratio, (pixels.shape[2] // ratio) * ratio
-        mask = torch.nn.functional.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
-                                               size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
-        pixels = pixels.clone()
-        if pixels.shape[1] != height or pixels.shape[2] != width:
-            top, left = (pixels.shape[1] % ratio) // 2, (pixels.shape[2] % ratio) // 2
-            pixels = pixels[:, top:height + top, left:width + left, :]
-            mask = mask[:, :, top:height + top, left:width + left]
+        pixels, mask = inpaint_pixels(pixels, mask, vae.spacial_compression_encode())
+        height, width = pixels.shape[1], pixels.shape[2]
         # The noise mask grows a little so the new content blends into its surroundings in latent space.
         if grow_mask_by == 0:
             grown = mask
@@ -409,13 +402,28 @@ class VAEEncodeForInpaint:
             kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
             grown = torch.clamp(torch.nn.functional.conv2d(mask.round(), kernel,
                                                            padding=math.ceil((grow_mask_by - 1) / 2)), 0, 1)
-        # The masked pixels become grey (0.5) before encoding, as inpainting models were trained.
-        keep = (1.0 - mask.round()).squeeze(1)
-        for channel in range(3):
-            pixels[:, :, :, channel] -= 0.5
-            pixels[:, :, :, channel] *= keep
-            pixels[:, :, :, channel] += 0.5
         return ({"samples": vae.encode(pixels), "noise_mask": grown[:, :, :height, :width].round()},)
+
+
+def inpaint_pixels(pixels: torch.Tensor, mask: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image centre-cropped to a multiple of ``ratio`` with the masked pixels grey (0.5), as inpainting models
+    were trained, and the mask (B, 1, H, W) resized to the image and cropped alike."""
+    import torch
+
+    height, width = (pixels.shape[1] // ratio) * ratio, (pixels.shape[2] // ratio) * ratio
+    mask = torch.nn.functional.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
+                                           size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+    pixels = pixels.clone()
+    if pixels.shape[1] != height or pixels.shape[2] != width:
+        top, left = (pixels.shape[1] % ratio) // 2, (pixels.shape[2] % ratio) // 2
+        pixels = pixels[:, top:height + top, left:width + left, :]
+        mask = mask[:, :, top:height + top, left:width + left]
+    keep = (1.0 - mask.round()).squeeze(1)
+    for channel in range(3):
+        pixels[:, :, :, channel] -= 0.5
+        pixels[:, :, :, channel] *= keep
+        pixels[:, :, :, channel] += 0.5
+    return pixels, mask
 
 
 NODE_CLASS_MAPPINGS = {

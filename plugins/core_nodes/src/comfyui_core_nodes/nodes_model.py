@@ -1,10 +1,13 @@
-"""Model tweak nodes: FreeU v2, ModelSamplingDiscrete, RescaleCFG, model merging and CheckpointSave."""
+"""Model tweak nodes: FreeU (v1, v2), Differential Diffusion, ModelSamplingDiscrete, RescaleCFG, model merging and
+CheckpointSave."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
+
+from comfy_api.latest import io
 
 if TYPE_CHECKING:
     import torch
@@ -27,47 +30,98 @@ def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tenso
     return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
 
 
-class FreeU_V2:
-    """FreeU v2: boosts backbone features and damps skip connections' low frequencies in the decoder."""
+def _freeu_patch(model: Any, b1: float, b2: float, s1: float, s2: float, adaptive: bool) -> Any:
+    """FreeU: in the decoder, boost half the backbone features (by the feature mean's normalised map in v2) and
+    damp the skip connections' low frequencies."""
+    channels = model.model.model_config.unet_config["model_channels"]
+    scales = {channels * 4: (b1, s1), channels * 2: (b2, s2)}
+
+    def output_block_patch(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = scales.get(int(h.shape[1]))
+        if scale is None:
+            return h, hsp
+        half = h.shape[1] // 2
+        if adaptive:
+            mean = h.mean(1).unsqueeze(1)
+            flat = mean.view(mean.shape[0], -1)
+            high = flat.max(dim=-1, keepdim=True).values.unsqueeze(2).unsqueeze(3)
+            low = flat.min(dim=-1, keepdim=True).values.unsqueeze(2).unsqueeze(3)
+            mean = (mean - low) / (high - low)
+            h[:, :half] = h[:, :half] * ((scale[0] - 1) * mean + 1)
+        else:
+            h[:, :half] = h[:, :half] * scale[0]
+        if hsp.device.type == "mps":
+            # torch.fft is missing on some backends; the filter runs on the CPU there.
+            hsp = fourier_filter(hsp.cpu(), threshold=1, scale=scale[1]).to(hsp.device)
+        else:
+            hsp = fourier_filter(hsp, threshold=1, scale=scale[1])
+        return h, hsp
+
+    patched = model.clone()
+    patched.set_model_output_block_patch(output_block_patch)
+    return patched
+
+
+class FreeU:
+    """FreeU (v1): constant backbone scales."""
     RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_freelunch"
+    DEFAULTS = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
+    ADAPTIVE = False
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         step = {"min": 0.0, "max": 10.0, "step": 0.01}
-        return {"required": {"model": ("MODEL",), "b1": ("FLOAT", {"default": 1.3, **step}),
-                             "b2": ("FLOAT", {"default": 1.4, **step}), "s1": ("FLOAT", {"default": 0.9, **step}),
-                             "s2": ("FLOAT", {"default": 0.2, **step})}}
+        return {"required": {"model": ("MODEL",),
+                             **{name: ("FLOAT", {"default": value, **step}) for name, value in cls.DEFAULTS.items()}}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
     CATEGORY = "model_patches/unet"
 
     def patch(self, model: Any, b1: float, b2: float, s1: float, s2: float) -> tuple[Any]:
-        channels = model.model.model_config.unet_config["model_channels"]
-        scales = {channels * 4: (b1, s1), channels * 2: (b2, s2)}
+        return (_freeu_patch(model, b1, b2, s1, s2, adaptive=self.ADAPTIVE),)
 
-        def output_block_patch(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-            scale = scales.get(int(h.shape[1]))
-            if scale is None:
-                return h, hsp
-            mean = h.mean(1).unsqueeze(1)
-            flat = mean.view(mean.shape[0], -1)
-            high = flat.max(dim=-1, keepdim=True).values.unsqueeze(2).unsqueeze(3)
-            low = flat.min(dim=-1, keepdim=True).values.unsqueeze(2).unsqueeze(3)
-            mean = (mean - low) / (high - low)
-            half = h.shape[1] // 2
-            h[:, :half] = h[:, :half] * ((scale[0] - 1) * mean + 1)
-            if hsp.device.type == "mps":
-                # torch.fft is missing on some backends; the filter runs on the CPU there.
-                hsp = fourier_filter(hsp.cpu(), threshold=1, scale=scale[1]).to(hsp.device)
-            else:
-                hsp = fourier_filter(hsp, threshold=1, scale=scale[1])
-            return h, hsp
 
+class FreeU_V2(FreeU):
+    """FreeU v2: the backbone scale follows the features' normalised mean."""
+    DEFAULTS = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}
+    ADAPTIVE = True
+
+
+class DifferentialDiffusion(io.ComfyNode):
+    """Inpainting with a soft mask: at each step only the mask values above the progress of the run are denoised,
+    so a pixel's mask value says how early its change starts."""
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_differential_diffusion"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DifferentialDiffusion", display_name="Differential Diffusion", category="_for_testing",
+            inputs=[io.Model.Input("model"),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True)],
+            outputs=[io.Model.Output()], is_experimental=True)
+
+    @classmethod
+    def execute(cls, model: Any, strength: float = 1.0) -> io.NodeOutput:
         patched = model.clone()
-        patched.set_model_output_block_patch(output_block_patch)
-        return (patched,)
+        patched.set_model_denoise_mask_function(
+            lambda sigma, denoise_mask, extra_options: differential_mask(sigma, denoise_mask, extra_options, strength))
+        return io.NodeOutput(patched)
+
+
+def differential_mask(sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict,
+                      strength: float) -> torch.Tensor:
+    """The mask thresholded at how far the run has come (in timesteps), blended back with ``strength`` < 1."""
+    sampling = extra_options["model"].inner_model.model_sampling
+    sigmas = extra_options["sigmas"]
+    sigma_to = sigmas[-1] if sigmas[-1] > sampling.sigma_min else sampling.sigma_min
+    start, end = sampling.timestep(sigmas[0]), sampling.timestep(sigma_to)
+    threshold = (sampling.timestep(sigma[0]) - end) / (start - end)
+    binary = (denoise_mask >= threshold).to(denoise_mask.dtype)
+    if strength and strength < 1:
+        return strength * binary + (1 - strength) * denoise_mask
+    return binary
 
 
 class ModelSamplingDiscrete:
@@ -223,7 +277,9 @@ class CheckpointSave:
 
 
 NODE_CLASS_MAPPINGS = {
+    "FreeU": FreeU,
     "FreeU_V2": FreeU_V2,
+    "DifferentialDiffusion": DifferentialDiffusion,
     "ModelSamplingDiscrete": ModelSamplingDiscrete,
     "RescaleCFG": RescaleCFG,
     "ModelMergeSimple": ModelMergeSimple,
