@@ -6,10 +6,10 @@ each workflow of upstream_workflows.py, made by upstream/generate_reference.py (
 models are the full-size random-weight files of upstream_models.py, rebuilt here and checked byte for byte
 against the recorded SHA-256. Both sides use ComfyUI's CPU defaults (sub-quadratic attention, fp32 compute);
 the SDXL group runs with --fp16-unet on both. With random weights several ODE solvers end near one another, so
-each image must also be nearer its own reference than any other workflow's. Full-size models on a CPU are slow, so only three SD1.5 workflows
-run by default (about a minute on two cores, 10 GB peak); COMFYUI_UPSTREAM_PARITY=all runs all 66 (about 12
-minutes, 19 GB peak: SDXL base and refiner stay loaded together, and each group's files take 3-13 GB of disk
-while it runs).
+each image must also be nearer its own reference than any other workflow's. Full-size models on a CPU are slow,
+so only three SD1.5 workflows run by default (about a minute on two cores, 10 GB peak);
+COMFYUI_UPSTREAM_PARITY=all runs all 66 (about 12 minutes, 19 GB peak: SDXL base and refiner stay loaded
+together, and each group's files take 3-13 GB of disk while it runs).
 """
 from __future__ import annotations
 
