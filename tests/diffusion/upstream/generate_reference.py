@@ -13,11 +13,14 @@ How to run it (from the repository root, with the project's venv, which builds t
 The reference in this repository came from ComfyUI 0.3.64 (commit in settings.json) with torch 2.13.0
 (CPU) and its requirements.txt, minus torchaudio; torchvision was a stand-in package (the only wheels at
 hand were CUDA builds, whose ops do not load beside a CPU torch; ComfyUI imports it at module level only
-for Stable Cascade and ACE, which no workflow here builds). For each group of workflows the script builds
+for Stable Cascade and ACE, which no workflow here builds; the stand-in is an empty torchvision/__init__.py
+and torchvision/transforms.py in site-packages). The database is in memory (--database-url sqlite:///:memory:)
+and --base-directory needs a custom_nodes folder, which the script makes. For each group of workflows the script builds
 the full-size random-weight files (upstream_models.py) under --work, starts
 ``main.py --cpu --base-directory WORK`` (plus the group's flags: --fp16-unet for SDXL), uploads the input
 image through /upload/image, queues each workflow with POST /prompt, polls /history and fetches the
-saved PNG through /view; then it stops that server. settings.json is updated after each workflow, so\ngroups can run side by side (each with its own --port and --work) and a re-run replaces only its entries.
+saved PNG through /view; then it stops that server. settings.json is updated after each workflow, so
+groups can run side by side (each with its own --port and --work) and a re-run replaces only its entries.
 """
 from __future__ import annotations
 
