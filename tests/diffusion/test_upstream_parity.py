@@ -7,8 +7,8 @@ models are the full-size random-weight files of upstream_models.py, rebuilt here
 against the recorded SHA-256. Both sides use ComfyUI's CPU defaults (sub-quadratic attention, fp32 compute);
 the SDXL group runs with --fp16-unet on both. With random weights several ODE solvers end near one another, so
 each image must also be nearer its own reference than any other workflow's. Full-size models on a CPU are slow,
-so only three SD1.5 workflows and one SD2.1-v run by default (10 GB peak);
-COMFYUI_UPSTREAM_PARITY=all runs all 66 (about 12 minutes, 19 GB peak: SDXL base and refiner stay loaded
+so only a few SD1.5 workflows and one SD2.1-v run by default (10 GB peak);
+COMFYUI_UPSTREAM_PARITY=all runs all 71 (about 13 minutes, 19 GB peak: SDXL base and refiner stay loaded
 together, and each group's files take 3-13 GB of disk while it runs).
 """
 from __future__ import annotations
@@ -42,9 +42,11 @@ CPU_ANCESTRAL_NOISE_FIXED = frozenset({"sd15_sampler_custom"} | {
         "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
         "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
         "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece")})
-# The default run: txt2img with a LoRA, a ControlNet, img2img inpainting, SD2.1's v-prediction; the rest add
+# The default run: txt2img with a LoRA, a ControlNet and a Control-LoRA, img2img inpainting with a soft mask and
+# Differential Diffusion, an inpainting model through InpaintModelConditioning, SD2.1's v-prediction; the rest add
 # samplers, nodes and SDXL (base and refiner together need about 19 GB: COMFYUI_UPSTREAM_PARITY=all).
-DEFAULT_WORKFLOWS = ("sd15_lora", "sd15_controlnet", "sd15_inpaint_noise_mask", "sd21v_dpmpp_2m_karras")
+DEFAULT_WORKFLOWS = ("sd15_lora", "sd15_controlnet", "sd15_control_lora", "sd15_inpaint_noise_mask",
+                     "sd15_differential_diffusion", "sd15_inpainting_model_conditioning", "sd21v_dpmpp_2m_karras")
 
 
 def image_psnr(ours: np.ndarray, expected: np.ndarray) -> float:

@@ -10,6 +10,7 @@ tree and the input image; ``file_sha256`` gives the hashes the reference records
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -84,6 +85,11 @@ def sd15() -> dict[str, torch.Tensor]:
     return {**unet(SD15_UNET), **vae(), **clip_l("cond_stage_model.transformer.", seed=200)}
 
 
+def sd15_inpainting() -> dict[str, torch.Tensor]:
+    """SD1.5 inpainting: the UNet also takes the mask and the masked image's latent (9 input channels)."""
+    return {**unet(SD15_UNET, seed=5, in_channels=9), **vae(), **clip_l("cond_stage_model.transformer.", seed=200)}
+
+
 def sd21_768v() -> dict[str, torch.Tensor]:
     sd = {**unet(SD21_UNET, seed=10), **vae(), **open_clip("cond_stage_model.model.", 1024, 24, seed=210)}
     sd[SD2_V_PREDICTION_KEY] = sd[SD2_V_PREDICTION_KEY] * 4
@@ -113,6 +119,28 @@ def t2i_adapter_sd15() -> dict[str, torch.Tensor]:
 
     return _module_state_dict(lambda: Adapter([320, 640, 1280, 1280], nums_rb=2, cin=3 * 64, ksize=1,
                                               use_conv=False), 500, "")
+
+
+def control_lora_sd15(rank: int = 8, seed: int = 700) -> dict[str, torch.Tensor]:
+    """A Control-LoRA for SD1.5 as Stability's files are made: whole tensors for the hint encoder, the zero
+    convolutions and every 1-D tensor, ``.up``/``.down`` factors for the encoder's matrices and kernels (applied
+    to the sampled model's own weights), and the ``lora_controlnet`` marker."""
+    whole = controlnet_sd15()
+    own_parts = ("input_hint_block.", "zero_convs.", "middle_block_out.")
+    generator = torch.Generator().manual_seed(seed)
+    out = {"lora_controlnet": torch.tensor([], dtype=STORED_DTYPE)}
+    for key, value in whole.items():
+        name = key.removeprefix("control_model.")
+        if name.startswith(own_parts) or value.ndim == 1:
+            out[name] = value
+        else:
+            stem = name.removesuffix(".weight")
+            fan_in = math.prod(value.shape[1:])
+            out[f"{stem}.up"] = (torch.randn((value.shape[0], rank, *([1] * (value.ndim - 2))), generator=generator)
+                                 / rank ** 0.5).to(STORED_DTYPE)
+            out[f"{stem}.down"] = (torch.randn((rank, *value.shape[1:]), generator=generator)
+                                   / fan_in ** 0.5).to(STORED_DTYPE)
+    return out
 
 
 def lora_sd15(rank: int = 4, seed: int = 600) -> dict[str, torch.Tensor]:
@@ -155,12 +183,14 @@ class ModelFile:
 
 MODEL_FILES: dict[str, ModelFile] = {
     "sd15": ModelFile(sd15, "checkpoints/sd15.safetensors", "sd15"),
+    "sd15_inpainting": ModelFile(sd15_inpainting, "checkpoints/sd15_inpainting.safetensors", "sd15_inpainting"),
     "sd21_768v": ModelFile(sd21_768v, "checkpoints/sd21_768v.safetensors", "sd21_768v"),
     "sdxl_base": ModelFile(sdxl_base, "checkpoints/sdxl_base.safetensors", "sdxl_base"),
     "sdxl_refiner": ModelFile(sdxl_refiner, "checkpoints/sdxl_refiner.safetensors", "sdxl_refiner"),
     "controlnet_sd15": ModelFile(controlnet_sd15, "controlnet/controlnet_sd15.safetensors", "controlnet_sd15"),
     "t2i_adapter_sd15": ModelFile(t2i_adapter_sd15, "controlnet/t2i_adapter_sd15.safetensors", ""),
     "lora_sd15": ModelFile(lora_sd15, "loras/lora_sd15.safetensors", "lora_sd15_kohya"),
+    "control_lora_sd15": ModelFile(control_lora_sd15, "controlnet/control_lora_sd15.safetensors", ""),
 }
 
 

@@ -39,11 +39,13 @@ CFG = 6.0
 # refiner fit in memory together (fp16 weights, computed in fp32 on the CPU: the same numbers as fp32).
 GROUP_OPTIONS: dict[str, dict[str, Any]] = {
     "sd15": {},
+    "sd15_inpainting": {},
     "sd21": {},
     "sdxl": {"fp16_unet": True},
 }
 GROUP_MODELS: dict[str, tuple[str, ...]] = {
-    "sd15": ("sd15", "lora_sd15", "controlnet_sd15", "t2i_adapter_sd15"),
+    "sd15": ("sd15", "lora_sd15", "controlnet_sd15", "t2i_adapter_sd15", "control_lora_sd15"),
+    "sd15_inpainting": ("sd15_inpainting",),
     "sd21": ("sd21_768v",),
     "sdxl": ("sdxl_base", "sdxl_refiner"),
 }
@@ -74,10 +76,13 @@ class _Prompt:
 
 def _sd15(name: str, *, sampler: str = "euler", scheduler: str = "normal", steps: int = STEPS,
           positive: str = POSITIVE, clip_skip: int | None = None, lora: bool = False, source: str = "empty",
-          denoise: float = 1.0, control: str | None = None, ckpt: str = "sd15.safetensors") -> Workflow:
+          denoise: float = 1.0, control: str | None = None, ckpt: str = "sd15.safetensors",
+          patch: tuple[str, dict[str, Any]] | None = None, group: str = "sd15") -> Workflow:
     p = _Prompt()
     model, clip, vae = ([p.add("ckpt", "CheckpointLoaderSimple", index, ckpt_name=ckpt)[0], index]
                         for index in range(3))
+    if patch is not None:
+        model = p.add("patch", patch[0], model=model, **patch[1])
     if lora:
         model = p.add("lora", "LoraLoader", 0, model=model, clip=clip, lora_name="lora_sd15.safetensors",
                       strength_model=0.8, strength_clip=0.8)
@@ -93,13 +98,19 @@ def _sd15(name: str, *, sampler: str = "euler", scheduler: str = "normal", steps
         mask = ["load", 1]
         if source == "inpaint_model_input":
             latent = p.add("latent", "VAEEncodeForInpaint", pixels=pixels, vae=vae, mask=mask, grow_mask_by=6)
+        elif source == "inpaint_model_conditioning":
+            pos = p.add("latent", "InpaintModelConditioning", 0, positive=pos, negative=neg, vae=vae, pixels=pixels,
+                        mask=mask, noise_mask=True)
+            neg, latent = ["latent", 1], ["latent", 2]
         else:
             latent = p.add("latent", "VAEEncode", pixels=pixels, vae=vae)
-        if source == "noise_mask":
+        if source == "soft_noise_mask":
+            mask = p.add("feather", "FeatherMask", mask=mask, left=8, top=8, right=8, bottom=8)
+        if source in ("noise_mask", "soft_noise_mask"):
             latent = p.add("masked", "SetLatentNoiseMask", samples=latent, mask=mask)
-    if control == "controlnet":
+    if control in ("controlnet", "control_lora"):
         hint = p.add("hint", "LoadImage", image=INPUT_IMAGE)
-        net = p.add("cnet", "ControlNetLoader", control_net_name="controlnet_sd15.safetensors")
+        net = p.add("cnet", "ControlNetLoader", control_net_name=f"{control}_sd15.safetensors")
         pos = p.add("apply", "ControlNetApplyAdvanced", 0, positive=pos, negative=neg, control_net=net, image=hint,
                     strength=0.9, start_percent=0.0, end_percent=0.8)
         neg = ["apply", 1]
@@ -109,7 +120,7 @@ def _sd15(name: str, *, sampler: str = "euler", scheduler: str = "normal", steps
         pos = p.add("apply", "ControlNetApply", conditioning=pos, control_net=net, image=hint, strength=0.8)
     sampled = p.add("sample", "KSampler", model=model, seed=SEED, steps=steps, cfg=CFG, sampler_name=sampler,
                     scheduler=scheduler, positive=pos, negative=neg, latent_image=latent, denoise=denoise)
-    return Workflow(name, "sd15", p.finish(name, sampled, vae))
+    return Workflow(name, group, p.finish(name, sampled, vae))
 
 
 def _txt2img_inputs(p: _Prompt, ckpt: str) -> tuple[list, list, list, list, list]:
@@ -214,6 +225,15 @@ def _all() -> dict[str, Workflow]:
         _sd15("sd15_lora", lora=True),
         _sd15("sd15_controlnet", control="controlnet"),
         _sd15("sd15_t2i_adapter", control="t2i_adapter"),
+        _sd15("sd15_control_lora", control="control_lora"),
+        # Not FreeU_V2: at 64x64 its deepest feature map is one pixel, whose min-max normalisation is 0/0 (NaN
+        # in ComfyUI as in ours).
+        _sd15("sd15_freeu", patch=("FreeU", {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2})),
+        _sd15("sd15_differential_diffusion", source="soft_noise_mask", patch=("DifferentialDiffusion", {})),
+        _sd15("sd15_inpainting_model_vae_encode", source="inpaint_model_input", ckpt="sd15_inpainting.safetensors",
+              group="sd15_inpainting"),
+        _sd15("sd15_inpainting_model_conditioning", source="inpaint_model_conditioning",
+              ckpt="sd15_inpainting.safetensors", group="sd15_inpainting"),
         _sd15_advanced("sd15_ksampler_advanced"),
         _sd15_custom("sd15_sampler_custom", advanced=False),
         _sd15_custom("sd15_sampler_custom_advanced", advanced=True),
