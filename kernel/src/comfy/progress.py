@@ -1,6 +1,7 @@
 """Progress reporting from inside a node, delivered as ComfyUI's ``progress`` events."""
 from __future__ import annotations
 
+import io
 from typing import Any, Optional
 
 from comfy.execution_context import ExecutionContext, current_execution
@@ -35,3 +36,20 @@ class ProgressBar:
 
     def update(self, value: int) -> None:
         self.update_absolute(self.current + value)
+
+
+def encode_preview_image(preview: Any) -> tuple[str, bytes]:
+    """A ``preview_image`` event's ``(format, PIL image, max_size)`` as ``("PNG" or "JPEG", encoded bytes)``:
+    shrunk to ``max_size`` and encoded once, wherever the event is sent on (websocket, message broker)."""
+    from PIL import Image, ImageOps
+
+    image_format, image, max_size = preview
+    image_format = "PNG" if str(image_format).upper() == "PNG" else "JPEG"
+    if max_size is not None and max(image.size) > max_size:
+        image = ImageOps.contain(image, (max_size, max_size), Image.Resampling.BILINEAR)
+    if image_format == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, quality=95, compress_level=1)
+    return image_format, buffer.getvalue()
+

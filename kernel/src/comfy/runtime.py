@@ -1,7 +1,9 @@
 """Bringing the kernel up and down: configuration, paths, plugins, nodes and the transport together."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,4 +61,16 @@ class Runtime:
         finally:
             self.plugin_manager.hook.comfyui_shutdown(configuration=self.configuration)
 
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for a long-running command's event loop (where the loop can take
+    signals: not on Windows, nor off the main thread)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signal_number, stopping.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    return stopping
 

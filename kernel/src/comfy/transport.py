@@ -91,7 +91,19 @@ def validate(registry: NodeRegistry, prompt: Any,
     return Validator(registry).validate(parse_prompt(prompt), partial_execution_targets)
 
 
-class InProcessTransport:
+class ListenerList:
+    """The listeners of a transport: replaced, never mutated, so emitting threads iterate a stable list."""
+
+    _listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = [existing for existing in self._listeners if existing is not listener]
+
+
+class InProcessTransport(ListenerList):
     """The default transport: a PromptQueue served by one executor on a worker thread."""
 
     def __init__(self, registry: NodeRegistry, configuration: Any = None):
@@ -99,18 +111,11 @@ class InProcessTransport:
         self.registry = registry
         self.queue = PromptQueue(max_size=getattr(configuration, "max_queue_size", 0) or 0)
         self.executor = PromptExecutor(registry, mode, size)
-        self._listeners: list[Listener] = []
         self._futures: dict[str, concurrent.futures.Future] = {}
         self._futures_lock = threading.Lock()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="comfyui-prompt-worker", daemon=True)
         self._worker.start()
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners = [*self._listeners, listener]
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners = [existing for existing in self._listeners if existing is not listener]
 
     def submit(self, prompt_id: str, validated: ValidatedPrompt, extra_data: Optional[dict[str, Any]] = None,
                number: Optional[float] = None, front: bool = False) -> "concurrent.futures.Future[ExecutionOutcome]":
@@ -222,6 +227,6 @@ def raise_for_outcome(outcome: ExecutionOutcome) -> None:
         raise PromptInterruptedError(outcome.error or {})
 
 
-__all__ = ["InProcessTransport", "Listener", "PromptExecutionError", "PromptInterruptedError",
+__all__ = ["InProcessTransport", "Listener", "ListenerList", "PromptExecutionError", "PromptInterruptedError",
            "PromptValidationError", "Transport", "TransportClosedError", "cache_settings", "raise_for_outcome",
            "validate"]

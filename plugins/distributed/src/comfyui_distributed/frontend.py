@@ -20,7 +20,7 @@ from comfy.execution import ExecutionOutcome
 from comfy.graph import ValidatedPrompt
 from comfy.nodes.registry import NodeRegistry
 from comfy.queue import HistoryStatus, PromptQueue, QueueItem
-from comfy.transport import Listener, TransportClosedError
+from comfy.transport import ListenerList, TransportClosedError
 
 from comfyui_distributed.connection import (BackoffConnection, Layout, LayoutMismatchError, dead_letter,
                                             declare_layout, message, publish_until_sent, redact, robust_connection,
@@ -81,7 +81,7 @@ class _Job:
     started: bool = False
 
 
-class DistributedFrontendTransport:
+class DistributedFrontendTransport(ListenerList):
     """A ``comfy.transport.Transport`` whose prompts run on workers reached through the broker.
 
     Its own event loop runs on a thread, so the transport works the same under the server, the
@@ -97,7 +97,6 @@ class DistributedFrontendTransport:
         self.frontend_id = uuid.uuid4().hex
         self.queue = FrontendQueue(int(configuration.get("max_queue_size") or 0), self._removed)
         self._own_route = self.topology.route(self.frontend_id)
-        self._listeners: list[Listener] = []
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -119,12 +118,6 @@ class DistributedFrontendTransport:
         self._started = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
 
     # -- the Transport interface ----------------------------------------------------------------------
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners = [*self._listeners, listener]
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners = [existing for existing in self._listeners if existing is not listener]
 
     def submit(self, prompt_id: str, validated: ValidatedPrompt, extra_data: Optional[dict[str, Any]] = None,
                number: Optional[float] = None, front: bool = False) -> "concurrent.futures.Future[ExecutionOutcome]":

@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 
+from comfy.progress import encode_preview_image
+
 PROTOCOL_VERSION = 1
 
 # Message ``type`` properties.
@@ -253,19 +255,10 @@ def decode_event(message_type: Optional[str], body: bytes, headers: Optional[Map
 
 def _encode_preview(prompt_id: str, data: dict[str, Any]) -> Optional[Outgoing]:
     """A ``(format, PIL image, max_size)`` preview, resized and encoded here so only the image bytes travel."""
-    from PIL import Image, ImageOps
-
-    image_format, image, max_size = data["image"]
-    image_format = "PNG" if str(image_format).upper() == "PNG" else "JPEG"
-    if max_size is not None and max(image.size) > max_size:
-        image = ImageOps.contain(image, (max_size, max_size), Image.Resampling.BILINEAR)
-    if image_format == "JPEG" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, quality=95, compress_level=1)
+    image_format, encoded = encode_preview_image(data["image"])
     headers = {"prompt_id": prompt_id, "node": _text(data.get("node")), "display_node": _text(data.get("display_node")),
                "format": image_format}
-    return Outgoing(PREVIEW, buffer.getvalue(), headers, "image/png" if image_format == "PNG" else "image/jpeg")
+    return Outgoing(PREVIEW, encoded, headers, "image/png" if image_format == "PNG" else "image/jpeg")
 
 
 def _decode_preview(body: bytes, headers: Mapping[str, Any], worker: str) -> Event:

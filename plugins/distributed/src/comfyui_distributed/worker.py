@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -295,7 +294,7 @@ class Worker:
 
 async def serve_worker(configuration: Any, plugin_manager: Any = None) -> int:
     """Run a worker until SIGINT/SIGTERM (exit 0) or a --panic-when exception (exit 1)."""
-    from comfy.runtime import Runtime
+    from comfy.runtime import Runtime, stop_on_signals
 
     settings = Settings.from_configuration(configuration)
     if settings.executor_factory == "ProcessPoolExecutor":
@@ -305,13 +304,7 @@ async def serve_worker(configuration: Any, plugin_manager: Any = None) -> int:
         runtime = await asyncio.to_thread(Runtime.start, configuration, plugin_manager)
         runner = make_runner(runtime.configuration, runtime.registry, runtime.transport, runtime.close)
     worker = Worker(settings, runner)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signal_number, stopping.set)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
+    stopping = stop_on_signals()
     try:
         starting = asyncio.ensure_future(worker.start())
         waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(worker.panicked.wait())]

@@ -7,7 +7,6 @@ format 1 = JPEG, 2 = PNG) or, for clients that announced ``supports_preview_meta
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import struct
@@ -16,6 +15,8 @@ from typing import Any, Optional, TypedDict, Union
 
 import aiohttp
 from aiohttp import web
+
+from comfy.progress import encode_preview_image
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,8 @@ class EncodedPreview:
 
 def encode_preview(preview: Any, metadata: Optional[PreviewMetadata] = None) -> EncodedPreview:
     """Encode ``(format, PIL image, max_size)`` as latent previewers make it."""
-    from PIL import Image, ImageOps
-
-    image_format, image, max_size = preview
-    image_format = "PNG" if str(image_format).upper() == "PNG" else "JPEG"
-    if max_size is not None and max(image.size) > max_size:
-        image = ImageOps.contain(image, (max_size, max_size), Image.Resampling.BILINEAR)
-    if image_format == "JPEG" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, quality=95, compress_level=1)
-    return EncodedPreview(image_format, buffer.getvalue(), metadata or {})
+    image_format, data = encode_preview_image(preview)
+    return EncodedPreview(image_format, data, metadata or {})
 
 
 def binary_frame(event: int, payload: Union[bytes, bytearray]) -> bytes:

@@ -6,7 +6,6 @@ import errno
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -172,16 +171,12 @@ async def _quick_test(runner: ServerRunner) -> int:
 
 
 async def run_until_stopped(configuration: Any, plugin_manager: Optional[pluggy.PluginManager] = None) -> int:
+    from comfy.runtime import stop_on_signals
+
     runner = ServerRunner(configuration, plugin_manager)
     if runner.option("quick_test_for_ci", False):
         return await _quick_test(runner)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signal_number, stopping.set)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
+    stopping = stop_on_signals()
     await runner.start()
     try:
         if not runner.option("dont_print_server", False):
